@@ -1,0 +1,124 @@
+"""One proxied request/response pair and the facts observed about it.
+
+Pure data, no I/O. While an exchange runs, the proxy and the readers only stamp times and
+store facts; durations are derived once, after ``finish``. Invariant: every exchange ends
+exactly once, with one ``Outcome``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How an exchange ended (the ``outcome`` label)."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_ABORTED = "upstream_aborted"
+    REJECTED = "rejected"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as billed. ``None`` means "not reported", which is kept apart from 0."""
+
+    input: int | None = None
+    output: int | None = None
+    cache_hit: int | None = None
+    cache_miss: int | None = None
+    reasoning: int | None = None
+    cache_write: int | None = None
+
+
+@dataclass(slots=True)
+class RateLimits:
+    """What the upstream said about its limits on this response."""
+
+    retry_after_s: float | None = None
+    reported_concurrency_limit: int | None = None
+    limit: dict[str, float] = field(default_factory=dict)
+    remaining: dict[str, float] = field(default_factory=dict)
+    reset_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything known about one exchange; ``*_at`` are ``time.monotonic()`` stamps."""
+
+    request_id: str
+    method: str
+    route: str
+    received_at: float
+    started_wall: datetime
+    requested_model: str | None = None
+    stream: bool = False
+    sent_at: float | None = None
+    body_read_at: float | None = None
+    response_started_at: float | None = None
+    first_data_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    saw_queue_signal: bool = False
+    ended_at: float | None = None
+    status: int | None = None
+    reported_model: str | None = None
+    usage: Usage | None = None
+    limits: RateLimits = field(default_factory=RateLimits)
+    upstream_trace_id: str | None = None
+    attempts: int = 0
+    attempt_codes: list[str] = field(default_factory=list)
+    guard_wait_s: float | None = None
+    sidecar_error: str | None = None
+    cost_usd: float | None = None
+    outcome: Outcome | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The model the upstream reported, else the one requested."""
+        return self.reported_model or self.requested_model
+
+    def finish(self, outcome: Outcome, now: float) -> bool:
+        """End the exchange; returns False (and changes nothing) if it had already ended."""
+        if self.outcome is not None:
+            return False
+        self.outcome = outcome
+        self.ended_at = now
+        return True
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.received_at
+
+    @property
+    def ttft_s(self) -> float | None:
+        if not self.stream or self.first_token_at is None:
+            return None
+        return self.first_token_at - self.received_at
+
+    @property
+    def queue_s(self) -> float | None:
+        """Arrival to first data, only when the upstream signalled queueing before it."""
+        if not self.saw_queue_signal or self.first_data_at is None:
+            return None
+        return self.first_data_at - self.received_at
+
+    @property
+    def time_per_output_token_s(self) -> float | None:
+        """(last token - first token) / (output tokens - 1), as vLLM defines it."""
+        if not self.stream or self.first_token_at is None or self.last_token_at is None:
+            return None
+        output = self.usage.output if self.usage else None
+        if output is None or output < 2:
+            return None
+        return (self.last_token_at - self.first_token_at) / (output - 1)
+
+    @property
+    def overhead_s(self) -> float | None:
+        if self.sent_at is None or self.body_read_at is None:
+            return None
+        return self.sent_at - self.body_read_at
