@@ -1,0 +1,50 @@
+"""What one exchange cost, from its billed token counts and the prices in force.
+
+Pure arithmetic, no I/O. Products are computed in ``Decimal`` from the catalogue's exact
+prices and rounded to ``float`` once, so a cost is the correctly rounded value of the exact
+figure rather than an accumulation of binary rounding errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.catalogue import Prices
+from sidecar.exchange import Usage
+
+__all__ = ["Cost", "cost_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Estimated USD spend of one exchange, split as ``llm_cost_usd_total`` is labelled."""
+
+    cache_hit_usd: float
+    cache_miss_usd: float
+    output_usd: float
+    savings_usd: float  # what the cache hits saved versus paying the cache-miss price
+
+    @property
+    def total(self) -> float:
+        return self.cache_hit_usd + self.cache_miss_usd + self.output_usd
+
+
+def cost_of(usage: Usage, prices: Prices) -> Cost:
+    """Price ``usage`` at ``prices``; tokens not reported count as zero.
+
+    When the upstream reported neither ``cache_hit`` nor ``cache_miss``, every input token is
+    billed as a miss (the upstream had no cache, or said nothing about it). When only
+    ``cache_hit`` is known, the miss count is ``input - cache_hit``, as the contract defines.
+    ``cache_write`` (Anthropic-style upstreams) has no DeepSeek price and is not costed.
+    """
+    hit = usage.cache_hit or 0
+    miss = usage.cache_miss
+    if miss is None:
+        miss = max((usage.input or 0) - hit, 0)
+    output = usage.output or 0
+    return Cost(
+        cache_hit_usd=float(hit * prices.cache_hit),
+        cache_miss_usd=float(miss * prices.cache_miss),
+        output_usd=float(output * prices.output),
+        savings_usd=float(hit * (prices.cache_miss - prices.cache_hit)),
+    )
