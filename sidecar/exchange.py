@@ -74,6 +74,8 @@ class Exchange:
     attempt_codes: list[str] = field(default_factory=list)
     guard_wait_s: float | None = None
     sidecar_error: str | None = None
+    parse_error: str | None = None
+    observer_error: str | None = None
     cost_usd: float | None = None
     outcome: Outcome | None = None
 

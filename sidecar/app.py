@@ -1,0 +1,158 @@
+"""Builds the proxy server and the admin app, and runs both until SIGTERM/SIGINT.
+
+The proxy port is a bare ``web.Server``: no router, so every method and path (CONNECT and
+absolute-form targets included) reaches the one handler and no upstream path is shadowed.
+The admin app serves ``/metrics``, ``/healthz`` and ``/readyz`` on its own port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from sidecar.exchange import Exchange
+from sidecar.labels import ModelLabels
+from sidecar.logs import build_logger, log_exchange
+from sidecar.metrics import Metrics
+from sidecar.proxy import Proxy
+from sidecar.retry import RetryPolicy
+from sidecar.settings import Settings
+from sidecar.upstream import Attempt
+
+READY = web.AppKey("ready", dict)
+
+
+@dataclass
+class Sidecar:
+    """One running sidecar: settings, metrics, the upstream session, and readiness."""
+
+    settings: Settings
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    logger: Any = None
+    ready: dict[str, bool] = field(default_factory=lambda: {"ready": True})
+    session: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        if self.logger is None:
+            self.logger = build_logger(self.settings.log_level, self.settings.log_format)
+        models = ModelLabels(self.settings.models, self.settings.max_models)
+        self.metrics = Metrics(self.registry, self.settings.upstream_name, models)
+        self.proxy = Proxy(
+            self.settings,
+            session_factory=self._session,
+            on_started=lambda ex: self.metrics.started(ex.route),
+            on_finished=self._finished,
+            attempt=Attempt(
+                RetryPolicy(self.settings.retry_max_attempts, self.settings.retry_max_wait_s)
+            ),
+        )
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise RuntimeError("upstream session used before start()")
+        return self.session
+
+    def _finished(self, ex: Exchange) -> None:
+        """Record and log one finished exchange; a failure here must not break the client."""
+        try:
+            self.metrics.record(ex)
+            log_exchange(self.logger, ex, self.metrics.models.label(ex.model))
+        except Exception as exc:  # pragma: no cover - defensive: never fail the response
+            self.logger.error("record_failed", error=type(exc).__name__)
+
+    async def start(self) -> None:
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=s.connect_timeout_s, sock_read=s.idle_timeout_s
+        )
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
+            timeout=timeout,
+            auto_decompress=False,  # relay compressed bytes untouched
+            cookie_jar=aiohttp.DummyCookieJar(),  # never share one client's cookies with another
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def proxy_server(self) -> web.Server:
+        return web.Server(self.proxy.handle, handler_cancellation=True, access_log=None)
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app[READY] = self.ready
+        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        app.router.add_get("/healthz", _healthz)
+        app.router.add_get("/readyz", _readyz)
+        return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[READY]["ready"]:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "draining"}, status=503)
+
+
+@asynccontextmanager
+async def running(sidecar: Sidecar) -> AsyncIterator[tuple[web.ServerRunner, web.AppRunner]]:
+    """Start both listeners; on exit drain the proxy (bounded) and stop everything."""
+    s = sidecar.settings
+    await sidecar.start()
+    proxy_runner = web.ServerRunner(
+        sidecar.proxy_server(), shutdown_timeout=s.shutdown_timeout_s, handle_signals=False
+    )
+    admin_runner = web.AppRunner(sidecar.admin_app(), access_log=None, handle_signals=False)
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    try:
+        await web.TCPSite(proxy_runner, s.listen.host, s.listen.port).start()
+        await web.TCPSite(admin_runner, s.admin_listen.host, s.admin_listen.port).start()
+        yield proxy_runner, admin_runner
+    finally:
+        sidecar.ready["ready"] = False
+        await proxy_runner.cleanup()  # stops listening at once, then waits for in-flight
+        await sidecar.close()
+        await admin_runner.cleanup()
+
+
+def bound_port(runner: web.BaseRunner) -> int:
+    """The port a runner's first site listens on (useful with port 0)."""
+    server = runner.sites and next(iter(runner.sites))._server  # noqa: SLF001
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain within ``shutdown_timeout_s`` and return."""
+    sidecar = Sidecar(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(sidecar) as (proxy_runner, admin_runner):
+        sidecar.logger.info(
+            "startup",
+            proxy_port=bound_port(proxy_runner),
+            admin_port=bound_port(admin_runner),
+            settings=settings.masked(),
+        )
+        await stop.wait()
+        sidecar.ready["ready"] = False
+        sidecar.logger.info("draining", shutdown_timeout_s=settings.shutdown_timeout_s)
+    sidecar.logger.info("stopped")

@@ -1,0 +1,77 @@
+"""``deepseek-sidecar run`` and ``deepseek-sidecar check-config``.
+
+Parse flags, merge them with the environment and the config file, configure logging, run.
+A settings error prints one line naming the key and the bad value and exits 2, before
+anything is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from sidecar.settings import OPTIONS, Settings, SettingsError, load
+
+EXIT_SETTINGS = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"deepseek-sidecar: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_SETTINGS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="deepseek-sidecar run",
+        description="Transparent observability proxy for DeepSeek and OpenAI-compatible APIs.",
+    )
+    for option in OPTIONS:
+        if option.flag:
+            parser.add_argument(
+                option.flag, dest=option.name, metavar=option.metavar, default=None,
+                help=f"{option.help} (env {option.env})",
+            )
+    return parser
+
+
+def settings_from(argv: list[str], environ: Mapping[str, str]) -> Settings:
+    flags: dict[str, Any] = vars(build_parser().parse_args(argv))
+    return load(flags, environ)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        settings = settings_from(argv, os.environ)
+    except SettingsError as exc:
+        print(f"deepseek-sidecar: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    from sidecar.app import serve
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+    return 0
+
+
+def check_config_main(argv: list[str]) -> int:
+    """Validate FILE (with the environment applied too) and print the effective settings."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: deepseek-sidecar check-config FILE", file=sys.stderr)
+        return EXIT_SETTINGS
+    try:
+        settings = load({"config": argv[0]}, os.environ)
+    except SettingsError as exc:
+        print(f"deepseek-sidecar: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    sys.stdout.buffer.write(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2) + b"\n")
+    return 0

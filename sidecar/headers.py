@@ -1,0 +1,84 @@
+"""Which headers cross the proxy, in each direction (RFC 9110 §7.6.1 hop-by-hop rules).
+
+Hop-by-hop headers and every name listed in ``Connection`` stay on their own hop. Upstream
+requests get nothing the client did not send except ``x-request-id``, ``X-Forwarded-For``
+and ``X-Forwarded-Proto`` (and, opt-in, an ``Authorization`` the client did not bring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Recomputed by the HTTP layer on each hop: the body length may be re-framed.
+_REFRAMED = frozenset({"content-length", "host"})
+
+
+def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
+    """The fixed hop-by-hop set plus the names a ``Connection`` header lists."""
+    listed = {
+        token.strip().lower()
+        for value in connection_values
+        for token in value.split(",")
+        if token.strip()
+    }
+    return HOP_BY_HOP | listed
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    request_id: str,
+    peer: str | None,
+    scheme: str,
+    api_key: str | None,
+) -> CIMultiDict[str]:
+    """Headers for the upstream request, in the client's order."""
+    drop = hop_by_hop(incoming.getall("Connection", ())) | _REFRAMED
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower not in drop and lower not in ("x-forwarded-for", "x-forwarded-proto"):
+            out.add(name, value)
+    if "x-request-id" not in out:
+        out["x-request-id"] = request_id
+    forwarded_for = ", ".join(incoming.getall("X-Forwarded-For", ()))
+    if peer:
+        forwarded_for = f"{forwarded_for}, {peer}" if forwarded_for else peer
+    if forwarded_for:
+        out["X-Forwarded-For"] = forwarded_for
+    out["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", scheme)
+    if api_key and "authorization" not in out and "x-api-key" not in out:
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
+def client_response_headers(
+    upstream: CIMultiDictProxy[str], request_id: str
+) -> CIMultiDict[str]:
+    """Upstream response headers minus hop-by-hop ones; ``x-request-id`` always present.
+
+    ``Content-Length`` and ``Content-Encoding`` are kept: the body is relayed byte for byte.
+    """
+    drop = hop_by_hop(upstream.getall("Connection", ()))
+    out: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in upstream.items() if name.lower() not in drop
+    )
+    if "x-request-id" not in out:
+        out["x-request-id"] = request_id
+    return out

@@ -1,0 +1,223 @@
+"""Every metric the sidecar exports, declared once; ``record`` is the only writer.
+
+``SPECS`` is the single source of truth for names, types, labels and help text: the metric
+objects, ``docs/metrics.md`` and the dashboards are all checked against it. Each ``Metrics``
+takes an injected registry, so tests build a fresh ``CollectorRegistry`` and read exact values.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar import __version__
+from sidecar.exchange import Exchange, Outcome
+from sidecar.labels import ROUTES, USAGE_ROUTES, ModelLabels
+
+# Buckets cover LLM reality: DeepSeek may queue a request 10 minutes and run 30.
+LATENCY_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600,
+    900,
+)
+DURATION_BUCKETS = (
+    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800,
+)
+TPOT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5,
+)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 131072, 262144, 524288, 1048576)
+RETRY_AFTER_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+GUARD_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+TOKEN_TYPES = ("input", "output", "cache_hit", "cache_miss", "reasoning", "cache_write")
+PARSE_ERROR_KINDS = ("sse", "json", "decompress", "oversize")
+RATELIMIT_RESOURCES = ("requests", "tokens")
+CONFIGURED_RESOURCES = ("requests_per_minute", "tokens_per_minute", "concurrency")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    kind: str  # counter, gauge or histogram
+    labels: tuple[str, ...]
+    help: str
+    buckets: tuple[float, ...] = ()
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("llm_requests_total", "counter",
+         ("upstream", "route", "model", "stream", "code", "outcome"), "Exchanges finished."),
+    Spec("llm_request_duration_seconds", "histogram", ("upstream", "route", "model", "stream"),
+         "Request received to last byte relayed.", DURATION_BUCKETS),
+    Spec("llm_time_to_first_token_seconds", "histogram", ("upstream", "route", "model"),
+         "Streams: request received to the first event carrying generated content.",
+         LATENCY_BUCKETS),
+    Spec("llm_time_per_output_token_seconds", "histogram", ("upstream", "route", "model"),
+         "Streams: (last token - first token) / (output tokens - 1).", TPOT_BUCKETS),
+    Spec("llm_upstream_queue_seconds", "histogram", ("upstream", "route", "model"),
+         "Time the upstream held the request with only keep-alives or blank lines.",
+         LATENCY_BUCKETS),
+    Spec("llm_tokens_total", "counter", ("upstream", "model", "type"),
+         "Tokens as billed: input, output, cache_hit, cache_miss, reasoning, cache_write."),
+    Spec("llm_request_tokens", "histogram", ("upstream", "model", "type"),
+         "Tokens per request (input, output), for capacity planning.", TOKEN_BUCKETS),
+    Spec("llm_usage_missing_total", "counter", ("upstream", "route", "model"),
+         "Exchanges that should have carried usage but did not."),
+    Spec("llm_in_flight_requests", "gauge", ("upstream", "route"), "Exchanges in progress."),
+    Spec("llm_retry_after_seconds", "histogram", ("upstream",),
+         "Retry-After / retry-after-ms values received.", RETRY_AFTER_BUCKETS),
+    Spec("llm_upstream_concurrency_limit", "gauge", ("upstream", "source"),
+         "Concurrency limit: reported in DeepSeek's last 429, or configured."),
+    Spec("llm_ratelimit_limit", "gauge", ("upstream", "resource"),
+         "x-ratelimit-limit-* from the last response carrying it."),
+    Spec("llm_ratelimit_remaining", "gauge", ("upstream", "resource"),
+         "x-ratelimit-remaining-* from the last response carrying it."),
+    Spec("llm_ratelimit_reset_seconds", "gauge", ("upstream", "resource"),
+         "x-ratelimit-reset-* from the last response carrying it, in seconds."),
+    Spec("llm_ratelimit_configured", "gauge", ("upstream", "resource"),
+         "Configured account limits: requests_per_minute, tokens_per_minute, concurrency."),
+    Spec("llm_cost_usd_total", "counter", ("upstream", "model", "type"),
+         "Estimated spend from the price catalogue: cache_hit, cache_miss, output."),
+    Spec("llm_cache_savings_usd_total", "counter", ("upstream", "model"),
+         "What cache hits saved versus the cache-miss price."),
+    Spec("llm_upstream_attempts_total", "counter", ("upstream", "route", "code"),
+         "Every upstream attempt, retries included."),
+    Spec("llm_model_retirement_timestamp_seconds", "gauge", ("model",),
+         "Catalogue retirement date of a model, Unix seconds."),
+    Spec("llm_account_balance", "gauge", ("upstream", "currency"),
+         "Account balance from /user/balance."),
+    Spec("llm_account_available", "gauge", ("upstream",),
+         "is_available from /user/balance (1/0)."),
+    Spec("llm_sidecar_build_info", "gauge", ("version", "python"), "Always 1."),
+    Spec("llm_sidecar_guard_wait_seconds", "histogram", ("upstream",),
+         "Time spent queued by the opt-in concurrency guard.", GUARD_WAIT_BUCKETS),
+    Spec("llm_sidecar_unpriced_requests_total", "counter", ("upstream", "model"),
+         "Exchanges whose model has no price in the catalogue."),
+    Spec("llm_sidecar_overhead_seconds", "histogram", ("upstream",),
+         "Time the sidecar adds before the request leaves for the upstream.", OVERHEAD_BUCKETS),
+    Spec("llm_sidecar_parse_errors_total", "counter", ("upstream", "kind"),
+         "Observation gave up (sse, json, decompress, oversize); bytes still relayed."),
+    Spec("llm_sidecar_balance_poll_failures_total", "counter", ("upstream", "reason"),
+         "Balance polls that failed: connect, status, body, timeout."),
+)
+
+
+def _build(spec: Spec, registry: CollectorRegistry) -> Any:
+    name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+    if spec.kind == "counter":
+        return Counter(name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":
+        return Gauge(name, spec.help, spec.labels, registry=registry)
+    return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+
+
+class Metrics:
+    """The metric objects of one sidecar process, bound to one upstream label value."""
+
+    def __init__(
+        self, registry: CollectorRegistry, upstream: str, model_labels: ModelLabels
+    ) -> None:
+        self.registry = registry
+        self.upstream = upstream
+        self.models = model_labels
+        self.m: dict[str, Any] = {s.name: _build(s, registry) for s in SPECS}
+        self._precreate()
+
+    def _precreate(self) -> None:
+        """Known label values exist at zero, so rate() and absent() behave from the start."""
+        up = self.upstream
+        self.m["llm_sidecar_build_info"].labels(__version__, platform.python_version()).set(1)
+        for route in ROUTES:
+            self.m["llm_in_flight_requests"].labels(up, route)
+        for kind in PARSE_ERROR_KINDS:
+            self.m["llm_sidecar_parse_errors_total"].labels(up, kind)
+        self.m["llm_sidecar_overhead_seconds"].labels(up)
+        self.m["llm_retry_after_seconds"].labels(up)
+
+    def started(self, route: str) -> None:
+        self.m["llm_in_flight_requests"].labels(self.upstream, route).inc()
+
+    def record(self, ex: Exchange) -> None:
+        """Write everything one finished exchange contributes. Called exactly once per exchange."""
+        up, route, m = self.upstream, ex.route, self.m
+        model = self.models.label(ex.model)
+        stream = "true" if ex.stream else "false"
+        code = str(ex.status) if ex.status is not None else "499"
+        outcome = (ex.outcome or Outcome.COMPLETED).value
+        m["llm_in_flight_requests"].labels(up, route).dec()
+        m["llm_requests_total"].labels(up, route, model, stream, code, outcome).inc()
+        exemplar = {"request_id": ex.request_id[:64]}
+        if ex.duration_s is not None:
+            m["llm_request_duration_seconds"].labels(up, route, model, stream).observe(
+                ex.duration_s, exemplar
+            )
+        self._timings(ex, model)
+        self._usage(ex, model)
+        self._limits(ex)
+        if ex.overhead_s is not None:
+            m["llm_sidecar_overhead_seconds"].labels(up).observe(ex.overhead_s)
+        if ex.parse_error is not None:
+            m["llm_sidecar_parse_errors_total"].labels(up, ex.parse_error).inc()
+        for attempt_code in ex.attempt_codes:
+            m["llm_upstream_attempts_total"].labels(up, route, attempt_code).inc()
+        if ex.guard_wait_s is not None:
+            m["llm_sidecar_guard_wait_seconds"].labels(up).observe(ex.guard_wait_s)
+
+    def _timings(self, ex: Exchange, model: str) -> None:
+        up, route, m = self.upstream, ex.route, self.m
+        if ex.ttft_s is not None:
+            m["llm_time_to_first_token_seconds"].labels(up, route, model).observe(
+                ex.ttft_s, {"request_id": ex.request_id[:64]}
+            )
+        if ex.time_per_output_token_s is not None:
+            m["llm_time_per_output_token_seconds"].labels(up, route, model).observe(
+                ex.time_per_output_token_s
+            )
+        if ex.queue_s is not None:
+            m["llm_upstream_queue_seconds"].labels(up, route, model).observe(ex.queue_s)
+
+    def _usage(self, ex: Exchange, model: str) -> None:
+        up, m = self.upstream, self.m
+        usage = ex.usage
+        if usage is None:
+            if self._usage_expected(ex):
+                m["llm_usage_missing_total"].labels(up, ex.route, model).inc()
+            return
+        for kind in TOKEN_TYPES:
+            value = getattr(usage, kind)
+            if value:
+                m["llm_tokens_total"].labels(up, model, kind).inc(value)
+        for kind in ("input", "output"):
+            value = getattr(usage, kind)
+            if value is not None:
+                m["llm_request_tokens"].labels(up, model, kind).observe(value)
+
+    @staticmethod
+    def _usage_expected(ex: Exchange) -> bool:
+        """Usage-carrying route, the request reached the upstream, and no usage came back."""
+        if ex.route not in USAGE_ROUTES or ex.sent_at is None or ex.method != "POST":
+            return False
+        if ex.outcome == Outcome.COMPLETED:
+            return ex.status is not None and 200 <= ex.status < 300
+        if ex.outcome == Outcome.UPSTREAM_TIMEOUT:
+            return ex.response_started_at is not None  # a 504 before any byte: nothing billed
+        return ex.outcome in (Outcome.CLIENT_DISCONNECTED, Outcome.UPSTREAM_ABORTED)
+
+    def _limits(self, ex: Exchange) -> None:
+        up, m, limits = self.upstream, self.m, ex.limits
+        if limits.retry_after_s is not None:
+            m["llm_retry_after_seconds"].labels(up).observe(limits.retry_after_s)
+        if limits.reported_concurrency_limit is not None:
+            m["llm_upstream_concurrency_limit"].labels(up, "reported").set(
+                limits.reported_concurrency_limit
+            )
+        for resource, value in limits.limit.items():
+            m["llm_ratelimit_limit"].labels(up, resource).set(value)
+        for resource, value in limits.remaining.items():
+            m["llm_ratelimit_remaining"].labels(up, resource).set(value)
+        for resource, value in limits.reset_s.items():
+            m["llm_ratelimit_reset_seconds"].labels(up, resource).set(value)

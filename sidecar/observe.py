@@ -1,0 +1,262 @@
+"""Readers that turn relayed response bytes into facts on the ``Exchange``.
+
+Readers are synchronous and see bytes only after they were written to the client, so they
+never delay a byte. Every buffer is capped; past a cap, or on undecodable input, a reader
+records one ``parse_error`` kind and stops observing while the relay goes on.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Protocol
+
+import orjson
+
+from sidecar.exchange import Exchange
+from sidecar.sse import SSEDecoder, SSEEvent
+from sidecar.usage import find_model, find_usage, from_anthropic, from_openai, merge_max
+
+MAX_JSON_BODY = 16 << 20  # a 384K-token answer is ~1.5 MiB of JSON; 16 MiB is ample headroom
+WHITESPACE = b" \t\r\n"
+CONCURRENCY_429 = re.compile(
+    rb"current concurrency is (\d+), which exceeds your concurrency limit of (\d+)"
+)
+
+# Byte markers of events that carry generated content. Searching bytes keeps the per-chunk
+# cost near a memory copy; JSON is parsed only for the first event and for usage carriers.
+_TEXT_FIELDS = (b'"content":"', b'"reasoning_content":"', b'"text":"', b'"reasoning":"')
+_CONTENT_TYPES = (
+    b'"tool_calls":[',
+    b'"type":"content_block_delta"',
+    b'"type":"response.output_text.delta"',
+    b'"type":"response.reasoning_text.delta"',
+    b'"type":"response.reasoning_summary_text.delta"',
+    b'"type":"response.function_call_arguments.delta"',
+)
+_USAGE_MARK = b'"usage":{'
+
+
+def carries_content(data: bytes) -> bool:
+    """True when an event carries generated tokens (not role-only, not keep-alive)."""
+    for marker in _TEXT_FIELDS:
+        at = data.find(marker)
+        if at >= 0 and data[at + len(marker) : at + len(marker) + 1] != b'"':
+            return True
+    return any(marker in data for marker in _CONTENT_TYPES)
+
+
+class Reader(Protocol):
+    def feed(self, chunk: bytes, now: float) -> None: ...
+
+    def close(self, now: float) -> None: ...
+
+
+class Decompressor:
+    """Decode a copy of ``Content-Encoding`` bytes for observation only (gzip, deflate)."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        if encoding == "gzip":
+            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._obj = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise ValueError(encoding)
+        self._raw_fallback = encoding == "deflate"
+
+    def decompress(self, chunk: bytes, limit: int) -> bytes:
+        try:
+            out = self._obj.decompress(chunk, limit)
+        except zlib.error:
+            if not self._raw_fallback:
+                raise
+            # Some servers send raw deflate despite RFC 9110; retry once without the header.
+            self._raw_fallback = False
+            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._obj.decompress(chunk, limit)
+        self._raw_fallback = False
+        if self._obj.unconsumed_tail:
+            raise OverflowError("decompressed data exceeds the observation cap")
+        return out
+
+
+class _Base:
+    def __init__(self, ex: Exchange, encoding: str | None) -> None:
+        self.ex = ex
+        self.active = True
+        self._decompressor: Decompressor | None = None
+        if encoding and encoding != "identity":
+            try:
+                self._decompressor = Decompressor(encoding)
+            except ValueError:
+                self._give_up("decompress")
+
+    def _give_up(self, kind: str) -> None:
+        if self.ex.parse_error is None:
+            self.ex.parse_error = kind
+        self.active = False
+
+    def _plain(self, chunk: bytes) -> bytes | None:
+        if self._decompressor is None:
+            return chunk
+        try:
+            return self._decompressor.decompress(chunk, MAX_JSON_BODY)
+        except OverflowError:
+            self._give_up("oversize")
+        except zlib.error:
+            self._give_up("decompress")
+        return None
+
+
+class StreamReader(_Base):
+    """SSE responses: first data, first/last content token, model, usage (last one wins)."""
+
+    def __init__(self, ex: Exchange, encoding: str | None, anthropic: bool) -> None:
+        super().__init__(ex, encoding)
+        self._decoder = SSEDecoder()
+        self._anthropic = anthropic
+        self._parsed_first = False
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        if not self.active:
+            return
+        plain = self._plain(chunk)
+        if plain is None:
+            return
+        events = self._decoder.feed(plain)
+        if self.ex.first_data_at is None and self._decoder.data_seen:
+            self.ex.first_data_at = now
+            self.ex.saw_queue_signal = self._decoder.signals_before_data > 0
+        for event in events:
+            self._event(event, now)
+        if self._decoder.overflowed:
+            self._give_up("oversize")
+
+    def close(self, now: float) -> None:
+        if self.active:
+            for event in self._decoder.close():
+                self._event(event, now)
+
+    def _event(self, event: SSEEvent, now: float) -> None:
+        data = event.data
+        if carries_content(data):
+            if self.ex.first_token_at is None:
+                self.ex.first_token_at = now
+            self.ex.last_token_at = now
+        if self._parsed_first and _USAGE_MARK not in data:
+            return
+        if data == b"[DONE]":
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._give_up("sse")
+            return
+        self._parsed_first = True
+        self.ex.reported_model = find_model(obj) or self.ex.reported_model
+        found = find_usage(obj)
+        if found is not None:
+            raw, anthropic = found
+            if anthropic or self._anthropic:
+                self.ex.usage = merge_max(self.ex.usage, from_anthropic(raw))
+            else:
+                self.ex.usage = from_openai(raw)  # cumulative: the last one counts
+
+
+class JsonReader(_Base):
+    """JSON bodies: queue signal from leading blank lines, then model, usage, 429 limit."""
+
+    def __init__(self, ex: Exchange, encoding: str | None) -> None:
+        super().__init__(ex, encoding)
+        self._body = bytearray()
+        self._blank_seen = False
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        if not self.active:
+            return
+        plain = self._plain(chunk)
+        if plain is None:
+            return
+        if self.ex.first_data_at is None:
+            stripped = plain.lstrip(WHITESPACE)
+            self._blank_seen = self._blank_seen or len(stripped) < len(plain)
+            if not stripped:
+                return
+            self.ex.first_data_at = now
+            self.ex.saw_queue_signal = self._blank_seen
+            plain = stripped
+        if len(self._body) + len(plain) > MAX_JSON_BODY:
+            self._body.clear()
+            self._give_up("oversize")
+            return
+        self._body += plain
+
+    def close(self, now: float) -> None:
+        if not self.active or not self._body:
+            return
+        try:
+            obj = orjson.loads(self._body)
+        except orjson.JSONDecodeError:
+            self._give_up("json")
+            return
+        self.ex.reported_model = find_model(obj) or self.ex.reported_model
+        found = find_usage(obj)
+        if found is not None:
+            raw, anthropic = found
+            self.ex.usage = from_anthropic(raw) if anthropic else from_openai(raw)
+        if self.ex.status == 429:
+            match = CONCURRENCY_429.search(self._body)
+            if match:
+                self.ex.limits.reported_concurrency_limit = int(match.group(2))
+
+
+class NullReader:
+    """Bodies we do not interpret (binary, HTML): relayed, not observed."""
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        return None
+
+    def close(self, now: float) -> None:
+        return None
+
+
+class GuardedReader:
+    """Wraps a reader so that a bug in it stops observation, never the relay."""
+
+    def __init__(self, inner: Reader, ex: Exchange, kind: str) -> None:
+        self._inner = inner
+        self._ex = ex
+        self._kind = kind
+        self._broken = False
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        if not self._broken:
+            try:
+                self._inner.feed(chunk, now)
+            except Exception as exc:
+                self._fail(exc)
+
+    def close(self, now: float) -> None:
+        if not self._broken:
+            try:
+                self._inner.close(now)
+            except Exception as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self._broken = True
+        self._ex.observer_error = type(exc).__name__
+        if self._ex.parse_error is None:
+            self._ex.parse_error = self._kind
+
+
+def reader_for(ex: Exchange, content_type: str, encoding: str | None) -> Reader:
+    """Pick the reader by media type; the encoding is decoded on a copy only."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "text/event-stream":
+        stream = StreamReader(ex, encoding, anthropic=ex.route == "anthropic_messages")
+        return GuardedReader(stream, ex, "sse")
+    if media.endswith("json"):
+        return GuardedReader(JsonReader(ex, encoding), ex, "json")
+    return NullReader()

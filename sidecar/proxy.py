@@ -1,0 +1,205 @@
+"""The one catch-all handler: forward, relay, feed the readers, finish the exchange.
+
+Forward first, observe second: every upstream read is written to the client before the
+next read, and only then handed to a reader. Invariant: each request creates one
+``Exchange`` that ends exactly once, and the ``finally`` in ``handle`` is the only place
+that records metrics and writes the log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from time import monotonic
+
+import aiohttp
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from sidecar.errors import SidecarError, error_response
+from sidecar.exchange import Exchange, Outcome
+from sidecar.headers import client_response_headers, upstream_request_headers
+from sidecar.labels import route_of
+from sidecar.limits import observe_headers
+from sidecar.observe import MAX_JSON_BODY, Reader, reader_for
+from sidecar.settings import Settings
+from sidecar.upstream import Attempt, UpstreamFailure, send_with_retries
+
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, bounded: it is logged
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+
+
+def observe_request_body(ex: Exchange, body: bytes) -> None:
+    """Model and stream flag from a JSON request body, which is forwarded untouched."""
+    if not body or body.lstrip()[:1] != b"{":
+        return
+    if len(body) > MAX_JSON_BODY:  # too big to parse on the request path: look, don't parse
+        head = body[:65536]
+        model = _MODEL.search(head)
+        ex.requested_model = model.group(1).decode("utf-8", "replace") if model else None
+        ex.stream = bool(_STREAM_TRUE.search(head) or _STREAM_TRUE.search(body[-65536:]))
+        return
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict):
+        model = obj.get("model")
+        ex.requested_model = model if isinstance(model, str) and model else None
+        ex.stream = obj.get("stream") is True
+
+
+class Proxy:
+    """Holds what every exchange needs; ``handle`` is registered for every path."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Callable[[], aiohttp.ClientSession],
+        on_started: Callable[[Exchange], None],
+        on_finished: Callable[[Exchange], None],
+        attempt: Attempt,
+    ) -> None:
+        self.settings = settings
+        self.base = settings.upstream
+        self._session = session_factory
+        self._on_started = on_started
+        self._on_finished = on_finished
+        self._attempt = attempt
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        received_at = monotonic()
+        incoming_id = request.headers.get("x-request-id", "")
+        request_id = incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
+        ex = Exchange(
+            request_id=request_id,
+            method=request.method,
+            route=route_of(request.path) if request.raw_path.startswith("/") else "other",
+            received_at=received_at,
+            started_wall=datetime.now(UTC),
+        )
+        self._on_started(ex)
+        try:
+            return await self._exchange(request, ex)
+        except asyncio.CancelledError:
+            ex.finish(Outcome.CLIENT_DISCONNECTED, monotonic())  # handler cancelled: client left
+            raise
+        finally:
+            ex.finish(Outcome.COMPLETED, monotonic())
+            self._on_finished(ex)
+
+    async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+            return self._reject(
+                ex, SidecarError.BAD_REQUEST,
+                "the sidecar forwards origin-form requests to its upstream only; "
+                "it is not an open proxy",
+            )
+        body = await self._read_body(request)
+        if body is None:
+            return self._reject(
+                ex, SidecarError.REQUEST_TOO_LARGE,
+                f"request body exceeds max_request_bytes ({self.settings.max_request_bytes})",
+            )
+        ex.body_read_at = monotonic()
+        observe_request_body(ex, body)
+        headers = upstream_request_headers(
+            request.headers,
+            request_id=ex.request_id,
+            peer=request.remote,
+            scheme=request.scheme,
+            api_key=self.settings.api_key,
+        )
+        url = URL(self.base + request.raw_path, encoded=True)
+        try:
+            upstream = await send_with_retries(
+                self._attempt, self._session(), ex, request.method, url, headers, body,
+                retry_enabled=request.headers.get("x-sidecar-retry", "").lower() != "off",
+            )
+        except UpstreamFailure as failure:
+            ex.status = failure.response.status
+            ex.sidecar_error = failure.kind.value
+            ex.finish(failure.outcome, monotonic())
+            return failure.response
+        try:
+            return await self._relay(request, ex, upstream)
+        finally:
+            upstream.close()
+
+    def _reject(self, ex: Exchange, kind: SidecarError, message: str) -> web.Response:
+        response = error_response(kind, message, {"x-request-id": ex.request_id})
+        ex.status = response.status
+        ex.sidecar_error = kind.value
+        ex.finish(Outcome.REJECTED, monotonic())
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The whole request body, or None when it exceeds ``max_request_bytes``.
+
+        Buffered on purpose: retries replay it byte-exact, and the model is read from it.
+        """
+        limit = self.settings.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _relay(
+        self, request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        ex.response_started_at = monotonic()
+        ex.status = upstream.status
+        observe_headers(ex, upstream.headers, datetime.now(UTC))
+        content_type = upstream.headers.get("Content-Type", "")
+        ex.stream = ex.stream or content_type.startswith("text/event-stream")
+        reader = reader_for(ex, content_type, upstream.headers.get("Content-Encoding"))
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(client_response_headers(upstream.headers, ex.request_id))
+        try:
+            await response.prepare(request)
+            outcome = await self._pump(response, upstream, reader, ex)
+        except ConnectionError:
+            outcome = Outcome.CLIENT_DISCONNECTED
+        if outcome is Outcome.COMPLETED:
+            reader.close(monotonic())
+            try:
+                await response.write_eof()
+            except ConnectionError:
+                outcome = Outcome.CLIENT_DISCONNECTED
+        elif request.transport is not None:
+            # Never turn an upstream failure into a clean end: close without the last chunk.
+            request.transport.close()
+        ex.finish(outcome, monotonic())
+        return response
+
+    async def _pump(
+        self,
+        response: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        reader: Reader,
+        ex: Exchange,
+    ) -> Outcome:
+        """Relay until the upstream ends; the outcome says how it ended."""
+        content = upstream.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except aiohttp.ServerTimeoutError:
+                return Outcome.UPSTREAM_TIMEOUT
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                return Outcome.UPSTREAM_ABORTED
+            if not chunk:
+                return Outcome.COMPLETED
+            await response.write(chunk)
+            reader.feed(chunk, monotonic())

@@ -1,0 +1,292 @@
+"""Settings for ``deepseek-sidecar run``: one table of options, four sources.
+
+Precedence is flag > environment > TOML config file > default. Sources are plain mappings
+(flags already parsed, an injected environ), so tests never touch ``os.environ``. Every
+error names the key as the user wrote it (``--idle-timeout``, ``SIDECAR_IDLE_TIMEOUT_S`` or
+``file.toml: idle_timeout_s``) and the bad value, in one line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_MODELS = (
+    "deepseek-flash",
+    "deepseek-v4-pro",
+    "deepseek-v4-flash",
+    "deepseek-v4-flash-vision-exp",
+    "deepseek-chat",
+    "deepseek-reasoner",
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstream: str = "https://api.deepseek.com"
+    upstream_name: str = "deepseek"
+    listen: Address = Address("127.0.0.1", 8080)
+    admin_listen: Address = Address("0.0.0.0", 9464)  # noqa: S104 - scraped from outside the pod
+    config: str | None = None
+    log_level: str = "info"
+    log_format: str = "json"
+    connect_timeout_s: float = 10.0
+    idle_timeout_s: float = 900.0
+    max_request_bytes: int = 64 * 1024 * 1024
+    shutdown_timeout_s: float = 30.0
+    models: tuple[str, ...] = DEFAULT_MODELS
+    max_models: int = 20
+    catalogue: str | None = None
+    limit_rpm: int = 0
+    limit_tpm: int = 0
+    limit_concurrency: int = 0
+    max_concurrency: int = 0
+    guard_max_wait_s: float = 30.0
+    retry_max_attempts: int = 1
+    retry_max_wait_s: float = 30.0
+    api_key: str | None = None
+    api_key_file: str | None = None
+    balance_poll_s: float = 0.0
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings for logs and ``check-config``, secrets replaced."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "api_key":
+                value = None if value is None else "***"
+            elif isinstance(value, Address):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+Parser = Callable[[Any], Any]
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("expected a non-empty string")
+    return raw.strip()
+
+
+def _number(minimum: float, strict: bool = False) -> Parser:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if value < minimum or (strict and value == minimum):
+            raise ValueError(f"must be {'>' if strict else '>='} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _integer(minimum: int) -> Parser:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("expected a whole number")
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return value
+
+    return parse
+
+
+def _url(raw: Any) -> str:
+    text = _text(raw).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return text
+
+
+def _address(raw: Any) -> Address:
+    host, sep, port = _text(raw).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT")
+    return Address(host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104
+
+
+def _choice(*allowed: str) -> Parser:
+    def parse(raw: Any) -> str:
+        value = _text(raw).lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _models(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    if not names:
+        raise ValueError("expected at least one model name")
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    flag: str
+    env: str
+    parse: Parser
+    help: str
+    metavar: str = "VALUE"
+    in_file: bool = True
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("upstream", "--upstream", "SIDECAR_UPSTREAM", _url, "upstream base URL", "URL"),
+    Option("upstream_name", "--upstream-name", "SIDECAR_UPSTREAM_NAME", _text, "upstream label"),
+    Option("listen", "--listen", "SIDECAR_LISTEN", _address, "proxy address", "HOST:PORT"),
+    Option(
+        "admin_listen", "--admin-listen", "SIDECAR_ADMIN_LISTEN", _address, "admin address",
+        "HOST:PORT",
+    ),
+    Option("config", "--config", "SIDECAR_CONFIG", _text, "TOML config file", "FILE", False),
+    Option(
+        "log_level", "--log-level", "SIDECAR_LOG_LEVEL",
+        _choice("debug", "info", "warning", "error"), "log level",
+    ),
+    Option(
+        "log_format", "--log-format", "SIDECAR_LOG_FORMAT", _choice("json", "console"),
+        "log format",
+    ),
+    Option(
+        "connect_timeout_s", "--connect-timeout", "SIDECAR_CONNECT_TIMEOUT_S",
+        _number(0, strict=True), "upstream connect timeout", "S",
+    ),
+    Option(
+        "idle_timeout_s", "--idle-timeout", "SIDECAR_IDLE_TIMEOUT_S", _number(0, strict=True),
+        "longest upstream silence", "S",
+    ),
+    Option(
+        "max_request_bytes", "--max-request-bytes", "SIDECAR_MAX_REQUEST_BYTES", _integer(1),
+        "largest request body", "N",
+    ),
+    Option(
+        "shutdown_timeout_s", "--shutdown-timeout", "SIDECAR_SHUTDOWN_TIMEOUT_S", _number(0),
+        "drain time on SIGTERM", "S",
+    ),
+    Option("models", "--models", "SIDECAR_MODELS", _models, "known model names", "LIST"),
+    Option("max_models", "--max-models", "SIDECAR_MAX_MODELS", _integer(0), "model cap", "N"),
+    Option("catalogue", "--catalogue", "SIDECAR_CATALOGUE", _text, "model catalogue", "FILE"),
+    Option("limit_rpm", "--limit-rpm", "SIDECAR_LIMIT_RPM", _integer(0), "account RPM", "N"),
+    Option("limit_tpm", "--limit-tpm", "SIDECAR_LIMIT_TPM", _integer(0), "account TPM", "N"),
+    Option(
+        "limit_concurrency", "--limit-concurrency", "SIDECAR_LIMIT_CONCURRENCY", _integer(0),
+        "account concurrency", "N",
+    ),
+    Option(
+        "max_concurrency", "--max-concurrency", "SIDECAR_MAX_CONCURRENCY", _integer(0),
+        "concurrency guard (0 = off)", "N",
+    ),
+    Option(
+        "guard_max_wait_s", "--guard-max-wait", "SIDECAR_GUARD_MAX_WAIT_S", _number(0),
+        "longest wait for the guard", "S",
+    ),
+    Option(
+        "retry_max_attempts", "--retry-max-attempts", "SIDECAR_RETRY_MAX_ATTEMPTS", _integer(1),
+        "attempts per exchange", "N",
+    ),
+    Option(
+        "retry_max_wait_s", "--retry-max-wait", "SIDECAR_RETRY_MAX_WAIT_S", _number(0),
+        "retry wait budget", "S",
+    ),
+    Option("api_key", "", "SIDECAR_API_KEY", _text, "API key", in_file=False),
+    Option(
+        "api_key_file", "--api-key-file", "SIDECAR_API_KEY_FILE", _text, "file holding the key",
+        "FILE",
+    ),
+    Option(
+        "balance_poll_s", "--balance-poll", "SIDECAR_BALANCE_POLL_S", _number(0),
+        "balance poll interval (0 = off)", "S",
+    ),
+)
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def _parse(option: Option, raw: Any, where: str) -> Any:
+    try:
+        return option.parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"{where}: invalid value {raw!r} ({exc})") from None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Read the TOML file; unknown keys are errors so typos never pass silently."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"--config: cannot read {path!r} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config: {path!r} is not valid TOML ({exc})") from None
+    for key in data:
+        option = OPTIONS_BY_NAME.get(key)
+        if option is None or not option.in_file:
+            raise SettingsError(f"{path}: unknown key {key!r}")
+    return data
+
+
+def load(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Merge flags (already parsed, ``None`` = not given), environment and config file."""
+    config_path = flags.get("config") or environ.get("SIDECAR_CONFIG") or None
+    file_values = read_config_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if flags.get(option.name) is not None:
+            values[option.name] = _parse(option, flags[option.name], option.flag)
+        elif environ.get(option.env, "") != "":
+            values[option.name] = _parse(option, environ[option.env], option.env)
+        elif option.name in file_values:
+            where = f"{config_path}: {option.name}"
+            values[option.name] = _parse(option, file_values[option.name], where)
+    settings = Settings(**values)
+    return _with_key_from_file(settings)
+
+
+def _with_key_from_file(settings: Settings) -> Settings:
+    """Read the mounted secret once at start; the key itself is never echoed."""
+    if settings.api_key is not None or settings.api_key_file is None:
+        return settings
+    try:
+        key = Path(settings.api_key_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"--api-key-file: cannot read {settings.api_key_file!r} ({exc.strerror})"
+        ) from None
+    if not key:
+        raise SettingsError(f"--api-key-file: {settings.api_key_file!r} is empty")
+    return _replace(settings, api_key=key)
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    values.update(changes)
+    return Settings(**values)

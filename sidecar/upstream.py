@@ -1,0 +1,121 @@
+"""Sending a request to the upstream: one attempt, or several when retries are opted in.
+
+Retries happen only before anything was sent to the client, on 429, 503 and connect
+errors, and never wait past the retry budget: when Retry-After exceeds what is left, the
+upstream's own response is relayed at once. Every attempt is stamped on the exchange so
+``llm_upstream_attempts_total`` counts it whether or not retries are on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from time import monotonic
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from sidecar.errors import SidecarError, error_response
+from sidecar.exchange import Exchange, Outcome
+from sidecar.limits import observe_headers
+from sidecar.observe import CONCURRENCY_429
+from sidecar.retry import RetryPolicy, is_retryable_status
+
+_ERROR_BODY_CAP = 64 << 10  # a 429/503 envelope is a few hundred bytes
+
+
+class UpstreamFailure(Exception):
+    """No upstream response to relay; ``response`` is the sidecar's own envelope."""
+
+    def __init__(self, kind: SidecarError, outcome: Outcome, message: str, request_id: str):
+        super().__init__(message)
+        self.kind = kind
+        self.outcome = outcome
+        self.response = error_response(kind, message, {"x-request-id": request_id})
+
+
+@dataclass
+class Attempt:
+    """How attempts are made: the retry policy (max_attempts 1 = no retries) and a jitter source."""
+
+    policy: RetryPolicy
+    rng: random.Random = field(default_factory=random.Random)
+
+
+async def _read_error_body(ex: Exchange, response: aiohttp.ClientResponse) -> None:
+    """Observe a retried 429's body (DeepSeek's concurrency limit) before discarding it."""
+    try:
+        body = await response.content.read(_ERROR_BODY_CAP)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return
+    match = CONCURRENCY_429.search(body)
+    if match:
+        ex.limits.reported_concurrency_limit = int(match.group(2))
+
+
+async def send_with_retries(
+    attempt: Attempt,
+    session: aiohttp.ClientSession,
+    ex: Exchange,
+    method: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: bytes,
+    *,
+    retry_enabled: bool,
+) -> aiohttp.ClientResponse:
+    """Return the upstream response to relay, or raise ``UpstreamFailure``."""
+    waited_s = 0.0
+    while True:
+        ex.attempts += 1
+        if ex.sent_at is None:
+            ex.sent_at = monotonic()
+        try:
+            response = await session.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False
+            )
+        except aiohttp.ConnectionTimeoutError:
+            failure = _unreachable(ex, "timed out connecting to the upstream")
+        except aiohttp.ServerTimeoutError:
+            ex.attempt_codes.append("error")
+            raise UpstreamFailure(
+                SidecarError.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_TIMEOUT,
+                "the upstream sent no response within idle_timeout", ex.request_id,
+            ) from None
+        except (aiohttp.ClientConnectionError, OSError):
+            failure = _unreachable(ex, "cannot connect to the upstream")
+        else:
+            ex.attempt_codes.append(str(response.status))
+            if not (retry_enabled and is_retryable_status(response.status)):
+                return response
+            observe_headers(ex, response.headers, datetime.now(UTC))
+            delay = attempt.policy.delay_before(
+                ex.attempts, ex.limits.retry_after_s, waited_s, attempt.rng
+            )
+            if delay is None:
+                return response
+            await _read_error_body(ex, response)
+            response.close()
+            waited_s += delay
+            await asyncio.sleep(delay)
+            continue
+        delay = (
+            attempt.policy.delay_before(ex.attempts, None, waited_s, attempt.rng)
+            if retry_enabled
+            else None
+        )
+        if delay is None:
+            raise failure
+        waited_s += delay
+        await asyncio.sleep(delay)
+
+
+def _unreachable(ex: Exchange, message: str) -> UpstreamFailure:
+    ex.attempt_codes.append("error")
+    return UpstreamFailure(
+        SidecarError.UPSTREAM_UNREACHABLE, Outcome.UPSTREAM_UNREACHABLE, message, ex.request_id
+    )
+

@@ -1,0 +1,108 @@
+"""Shared fixtures: a scriptable fake upstream and a real sidecar on real sockets."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from sidecar.app import Sidecar, bound_port, running
+from sidecar.logs import build_logger
+from sidecar.settings import Address, Settings
+from tests.fake_upstream import FakeUpstream
+
+
+def require_binary(name: str) -> str:
+    """Path of a system binary; skip locally when missing, fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required in CI (apt-get install prometheus)")
+        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+    return path
+
+
+@dataclass
+class RunningSidecar:
+    sidecar: Sidecar
+    url: str
+    admin_url: str
+    log: io.BytesIO
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.sidecar.registry
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's value (0.0 when the series does not exist)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.log.getvalue().splitlines() if line]
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        return [line for line in self.log_lines() if line.get("event") == "exchange"]
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    server = TestServer(fake.app(), host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+SidecarFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_sidecar() -> AsyncIterator[SidecarFactory]:
+    """Start a sidecar (ports chosen by the OS) with the given settings overrides."""
+    async with AsyncExitStack() as stack:
+
+        async def start(upstream: str, **overrides: Any) -> RunningSidecar:
+            settings = replace(
+                Settings(),
+                upstream=upstream,
+                listen=Address("127.0.0.1", 0),
+                admin_listen=Address("127.0.0.1", 0),
+                shutdown_timeout_s=2.0,
+                **overrides,
+            )
+            log = io.BytesIO()
+            sidecar = Sidecar(settings, logger=build_logger("debug", "json", log))
+            proxy_runner, admin_runner = await stack.enter_async_context(running(sidecar))
+            return RunningSidecar(
+                sidecar,
+                f"http://127.0.0.1:{bound_port(proxy_runner)}",
+                f"http://127.0.0.1:{bound_port(admin_runner)}",
+                log,
+            )
+
+        yield start
+
+
+@pytest.fixture
+async def sidecar(
+    fake_upstream: tuple[FakeUpstream, str], start_sidecar: SidecarFactory
+) -> RunningSidecar:
+    _, url = fake_upstream
+    result: RunningSidecar = await start_sidecar(url)
+    return result
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
