@@ -320,3 +320,21 @@ def test_from_mapping_accepts_plain_floats_exactly() -> None:
     )
     prices = cat.prices_at("m", at("2026-02-01T00:00:00"))
     assert per_million(prices) == (Decimal("0.003"), Decimal("0.1"), Decimal(7), False)
+
+
+def test_the_documented_example_is_valid_and_its_worked_figures_hold() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "catalogue.md").read_text()
+    example = doc.split("## Full example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cat = Catalogue.from_toml(example, source="docs/catalogue.md")
+    peak = cat.prices_at("deepseek-chat", at("2026-11-30T03:59:59"))
+    off = cat.prices_at("deepseek-chat", at("2026-11-30T04:00:00"))
+    assert peak is not None
+    assert off is not None
+    assert 128 * peak.cache_hit + 872 * peak.cache_miss + 500 * peak.output == Decimal(
+        "0.000862368"
+    )
+    assert 128 * (peak.cache_miss - peak.cache_hit) == Decimal("0.000037632")
+    assert 128 * off.cache_hit + 872 * off.cache_miss + 500 * off.output == Decimal("0.000431184")
+    assert cat.prices_at("local-llama", at("2026-11-30T03:00:00")) == Prices(
+        Decimal(0), Decimal(0), Decimal(0)
+    )
