@@ -46,7 +46,8 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
-    chunked: bool = True  # False: send Content-Length computed from the byte steps
+    chunked: bool = True  # False: send Content-Length (computed from the steps unless given)
+    before_headers: Gate | Pause | None = None  # hold the status line back (a queued request)
 
 
 @dataclass
@@ -96,10 +97,14 @@ class FakeUpstream:
         response = web.StreamResponse(status=reply.status, headers=reply.headers)
         if reply.chunked:
             response.enable_chunked_encoding()
-        else:
+        elif "Content-Length" not in reply.headers:
             response.content_length = sum(len(s) for s in reply.steps if isinstance(s, bytes))
-        await response.prepare(request)
         try:
+            if isinstance(reply.before_headers, Gate):
+                await reply.before_headers.event.wait()
+            elif isinstance(reply.before_headers, Pause):
+                await asyncio.sleep(reply.before_headers.seconds)
+            await response.prepare(request)
             for step in reply.steps:
                 if isinstance(step, bytes):
                     await response.write(step)
