@@ -72,7 +72,7 @@ async def test_rejection_after_max_wait() -> None:
     await guard.acquire()
     with pytest.raises(GuardRejected) as caught:
         await guard.acquire()
-    assert caught.value.waited_s >= 0.05
+    assert caught.value.waited_s >= 0.049  # the loop may fire a timer a clock tick early
     assert caught.value.retry_after_s == 1
     assert (guard.in_use, guard.waiting) == (1, 0)
     guard.release()
