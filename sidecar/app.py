@@ -19,7 +19,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from sidecar.balance import BalancePoller
+from sidecar.catalogue import Catalogue
+from sidecar.cost import price_exchange
 from sidecar.exchange import Exchange
+from sidecar.guard import ConcurrencyGuard
 from sidecar.labels import ModelLabels
 from sidecar.logs import build_logger, log_exchange
 from sidecar.metrics import Metrics
@@ -40,20 +44,27 @@ class Sidecar:
     logger: Any = None
     ready: dict[str, bool] = field(default_factory=lambda: {"ready": True})
     session: aiohttp.ClientSession | None = None
+    catalogue: Catalogue = field(default_factory=Catalogue.builtin)
+    poller: BalancePoller | None = None
 
     def __post_init__(self) -> None:
+        s = self.settings
         if self.logger is None:
-            self.logger = build_logger(self.settings.log_level, self.settings.log_format)
-        models = ModelLabels(self.settings.models, self.settings.max_models)
-        self.metrics = Metrics(self.registry, self.settings.upstream_name, models)
+            self.logger = build_logger(s.log_level, s.log_format)
+        models = ModelLabels(s.models, s.max_models)
+        self.metrics = Metrics(self.registry, s.upstream_name, models)
+        self.metrics.configured(s.limit_rpm, s.limit_tpm, s.limit_concurrency)
+        self.metrics.retirements(self.catalogue.retirements())
+        guard = (
+            ConcurrencyGuard(s.max_concurrency, s.guard_max_wait_s) if s.max_concurrency else None
+        )
         self.proxy = Proxy(
             self.settings,
             session_factory=self._session,
             on_started=lambda ex: self.metrics.started(ex.route),
             on_finished=self._finished,
-            attempt=Attempt(
-                RetryPolicy(self.settings.retry_max_attempts, self.settings.retry_max_wait_s)
-            ),
+            attempt=Attempt(RetryPolicy(s.retry_max_attempts, s.retry_max_wait_s)),
+            guard=guard,
         )
 
     def _session(self) -> aiohttp.ClientSession:
@@ -64,6 +75,7 @@ class Sidecar:
     def _finished(self, ex: Exchange) -> None:
         """Record and log one finished exchange; a failure here must not break the client."""
         try:
+            price_exchange(ex, self.catalogue)
             self.metrics.record(ex)
             log_exchange(self.logger, ex, self.metrics.models.label(ex.model))
         except Exception as exc:  # pragma: no cover - defensive: never fail the response
@@ -82,8 +94,20 @@ class Sidecar:
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             trust_env=False,
         )
+        if s.balance_poll_s > 0 and s.api_key:
+            self.poller = BalancePoller(
+                self.session,
+                s.upstream + "/user/balance",
+                s.api_key,
+                s.balance_poll_s,
+                on_report=self.metrics.balance,
+                on_failure=self.metrics.balance_failure,
+            )
+            self.poller.start()
 
     async def close(self) -> None:
+        if self.poller is not None:
+            await self.poller.stop()
         if self.session is not None:
             await self.session.close()
 
@@ -133,14 +157,14 @@ async def running(sidecar: Sidecar) -> AsyncIterator[tuple[web.ServerRunner, web
 
 def bound_port(runner: web.BaseRunner) -> int:
     """The port a runner's first site listens on (useful with port 0)."""
-    server = runner.sites and next(iter(runner.sites))._server  # noqa: SLF001
+    server = runner.sites and next(iter(runner.sites))._server
     sockets = getattr(server, "sockets", None) or []
     return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, catalogue: Catalogue) -> None:
     """Run until SIGTERM or SIGINT, then drain within ``shutdown_timeout_s`` and return."""
-    sidecar = Sidecar(settings)
+    sidecar = Sidecar(settings, catalogue=catalogue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from sidecar.catalogue import Catalogue, CatalogueError
 from sidecar.settings import OPTIONS, Settings, SettingsError, load
 
 EXIT_SETTINGS = 2
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         if option.flag:
             parser.add_argument(
-                option.flag, dest=option.name, metavar=option.metavar, default=None,
+                option.flag,
+                dest=option.name,
+                metavar=option.metavar,
+                default=None,
                 help=f"{option.help} (env {option.env})",
             )
     return parser
@@ -49,6 +53,7 @@ def settings_from(argv: list[str], environ: Mapping[str, str]) -> Settings:
 def main(argv: list[str]) -> int:
     try:
         settings = settings_from(argv, os.environ)
+        catalogue = load_catalogue(settings)
     except SettingsError as exc:
         print(f"deepseek-sidecar: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
@@ -57,10 +62,20 @@ def main(argv: list[str]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, catalogue))
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, catalogue))
     return 0
+
+
+def load_catalogue(settings: Settings) -> Catalogue:
+    """The built-in catalogue, or the file named by ``--catalogue`` (errors are settings errors)."""
+    if settings.catalogue is None:
+        return Catalogue.builtin()
+    try:
+        return Catalogue.from_file(settings.catalogue)
+    except CatalogueError as exc:
+        raise SettingsError(f"--catalogue: {exc}") from None
 
 
 def check_config_main(argv: list[str]) -> int:
@@ -70,6 +85,7 @@ def check_config_main(argv: list[str]) -> int:
         return EXIT_SETTINGS
     try:
         settings = load({"config": argv[0]}, os.environ)
+        load_catalogue(settings)
     except SettingsError as exc:
         print(f"deepseek-sidecar: {exc}", file=sys.stderr)
         return EXIT_SETTINGS

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.catalogue import Prices
-from sidecar.exchange import Usage
+from sidecar.catalogue import Catalogue, Prices
+from sidecar.exchange import Exchange, Usage
 
-__all__ = ["Cost", "cost_of"]
+__all__ = ["Cost", "cost_of", "price_exchange"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +48,19 @@ def cost_of(usage: Usage, prices: Prices) -> Cost:
         output_usd=float(output * prices.output),
         savings_usd=float(hit * (prices.cache_miss - prices.cache_hit)),
     )
+
+
+def price_exchange(ex: Exchange, catalogue: Catalogue) -> None:
+    """Set ``ex.cost`` at the prices in force when the exchange started, or mark it unpriced.
+
+    The model as reported is priced through the catalogue's alias map; exchanges without
+    usage (errors, aborted streams) have nothing to price.
+    """
+    if ex.usage is None or ex.model is None:
+        return
+    prices = catalogue.prices_at(ex.model, ex.started_wall)
+    if prices is None:
+        ex.unpriced = True
+        return
+    ex.cost = cost_of(ex.usage, prices)
+    ex.cost_usd = ex.cost.total

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.cost import Cost
 
 
 class Outcome(StrEnum):
@@ -76,7 +80,9 @@ class Exchange:
     sidecar_error: str | None = None
     parse_error: str | None = None
     observer_error: str | None = None
+    cost: Cost | None = None
     cost_usd: float | None = None
+    unpriced: bool = False
     outcome: Outcome | None = None
 
     @property
@@ -121,6 +127,7 @@ class Exchange:
 
     @property
     def overhead_s(self) -> float | None:
+        """Body received to request sent, minus any time queued by the concurrency guard."""
         if self.sent_at is None or self.body_read_at is None:
             return None
-        return self.sent_at - self.body_read_at
+        return self.sent_at - self.body_read_at - (self.guard_wait_s or 0.0)

@@ -68,9 +68,7 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(
-    upstream: CIMultiDictProxy[str], request_id: str
-) -> CIMultiDict[str]:
+def client_response_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones; ``x-request-id`` always present.
 
     ``Content-Length`` and ``Content-Encoding`` are kept: the body is relayed byte for byte.

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
 from sidecar.exchange import Exchange
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
-def build_logger(level: str = "info", fmt: str = "json", stream: IO[bytes] | None = None) -> Any:
+def build_logger(level: str = "info", fmt: str = "json", stream: BinaryIO | None = None) -> Any:
     """A logger writing one line per event to ``stream`` (stdout by default), flushed per line."""
     processors: list[Any] = [
         structlog.processors.add_log_level,

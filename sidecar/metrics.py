@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,16 +18,69 @@ from sidecar import __version__
 from sidecar.exchange import Exchange, Outcome
 from sidecar.labels import ROUTES, USAGE_ROUTES, ModelLabels
 
+if TYPE_CHECKING:
+    from sidecar.balance import BalanceReport
+
 # Buckets cover LLM reality: DeepSeek may queue a request 10 minutes and run 30.
 LATENCY_BUCKETS = (
-    0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2,
+    3,
+    5,
+    7.5,
+    10,
+    15,
+    20,
+    30,
+    45,
+    60,
+    90,
+    120,
+    180,
+    300,
+    450,
+    600,
     900,
 )
 DURATION_BUCKETS = (
-    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    20,
+    30,
+    60,
+    120,
+    180,
+    300,
+    600,
+    900,
+    1200,
+    1800,
 )
 TPOT_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
 )
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 131072, 262144, 524288, 1048576)
 RETRY_AFTER_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -49,60 +103,161 @@ class Spec:
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("llm_requests_total", "counter",
-         ("upstream", "route", "model", "stream", "code", "outcome"), "Exchanges finished."),
-    Spec("llm_request_duration_seconds", "histogram", ("upstream", "route", "model", "stream"),
-         "Request received to last byte relayed.", DURATION_BUCKETS),
-    Spec("llm_time_to_first_token_seconds", "histogram", ("upstream", "route", "model"),
-         "Streams: request received to the first event carrying generated content.",
-         LATENCY_BUCKETS),
-    Spec("llm_time_per_output_token_seconds", "histogram", ("upstream", "route", "model"),
-         "Streams: (last token - first token) / (output tokens - 1).", TPOT_BUCKETS),
-    Spec("llm_upstream_queue_seconds", "histogram", ("upstream", "route", "model"),
-         "Time the upstream held the request with only keep-alives or blank lines.",
-         LATENCY_BUCKETS),
-    Spec("llm_tokens_total", "counter", ("upstream", "model", "type"),
-         "Tokens as billed: input, output, cache_hit, cache_miss, reasoning, cache_write."),
-    Spec("llm_request_tokens", "histogram", ("upstream", "model", "type"),
-         "Tokens per request (input, output), for capacity planning.", TOKEN_BUCKETS),
-    Spec("llm_usage_missing_total", "counter", ("upstream", "route", "model"),
-         "Exchanges that should have carried usage but did not."),
+    Spec(
+        "llm_requests_total",
+        "counter",
+        ("upstream", "route", "model", "stream", "code", "outcome"),
+        "Exchanges finished.",
+    ),
+    Spec(
+        "llm_request_duration_seconds",
+        "histogram",
+        ("upstream", "route", "model", "stream"),
+        "Request received to last byte relayed.",
+        DURATION_BUCKETS,
+    ),
+    Spec(
+        "llm_time_to_first_token_seconds",
+        "histogram",
+        ("upstream", "route", "model"),
+        "Streams: request received to the first event carrying generated content.",
+        LATENCY_BUCKETS,
+    ),
+    Spec(
+        "llm_time_per_output_token_seconds",
+        "histogram",
+        ("upstream", "route", "model"),
+        "Streams: (last token - first token) / (output tokens - 1).",
+        TPOT_BUCKETS,
+    ),
+    Spec(
+        "llm_upstream_queue_seconds",
+        "histogram",
+        ("upstream", "route", "model"),
+        "Time the upstream held the request with only keep-alives or blank lines.",
+        LATENCY_BUCKETS,
+    ),
+    Spec(
+        "llm_tokens_total",
+        "counter",
+        ("upstream", "model", "type"),
+        "Tokens as billed: input, output, cache_hit, cache_miss, reasoning, cache_write.",
+    ),
+    Spec(
+        "llm_request_tokens",
+        "histogram",
+        ("upstream", "model", "type"),
+        "Tokens per request (input, output), for capacity planning.",
+        TOKEN_BUCKETS,
+    ),
+    Spec(
+        "llm_usage_missing_total",
+        "counter",
+        ("upstream", "route", "model"),
+        "Exchanges that should have carried usage but did not.",
+    ),
     Spec("llm_in_flight_requests", "gauge", ("upstream", "route"), "Exchanges in progress."),
-    Spec("llm_retry_after_seconds", "histogram", ("upstream",),
-         "Retry-After / retry-after-ms values received.", RETRY_AFTER_BUCKETS),
-    Spec("llm_upstream_concurrency_limit", "gauge", ("upstream", "source"),
-         "Concurrency limit: reported in DeepSeek's last 429, or configured."),
-    Spec("llm_ratelimit_limit", "gauge", ("upstream", "resource"),
-         "x-ratelimit-limit-* from the last response carrying it."),
-    Spec("llm_ratelimit_remaining", "gauge", ("upstream", "resource"),
-         "x-ratelimit-remaining-* from the last response carrying it."),
-    Spec("llm_ratelimit_reset_seconds", "gauge", ("upstream", "resource"),
-         "x-ratelimit-reset-* from the last response carrying it, in seconds."),
-    Spec("llm_ratelimit_configured", "gauge", ("upstream", "resource"),
-         "Configured account limits: requests_per_minute, tokens_per_minute, concurrency."),
-    Spec("llm_cost_usd_total", "counter", ("upstream", "model", "type"),
-         "Estimated spend from the price catalogue: cache_hit, cache_miss, output."),
-    Spec("llm_cache_savings_usd_total", "counter", ("upstream", "model"),
-         "What cache hits saved versus the cache-miss price."),
-    Spec("llm_upstream_attempts_total", "counter", ("upstream", "route", "code"),
-         "Every upstream attempt, retries included."),
-    Spec("llm_model_retirement_timestamp_seconds", "gauge", ("model",),
-         "Catalogue retirement date of a model, Unix seconds."),
-    Spec("llm_account_balance", "gauge", ("upstream", "currency"),
-         "Account balance from /user/balance."),
-    Spec("llm_account_available", "gauge", ("upstream",),
-         "is_available from /user/balance (1/0)."),
+    Spec(
+        "llm_retry_after_seconds",
+        "histogram",
+        ("upstream",),
+        "Retry-After / retry-after-ms values received.",
+        RETRY_AFTER_BUCKETS,
+    ),
+    Spec(
+        "llm_upstream_concurrency_limit",
+        "gauge",
+        ("upstream", "source"),
+        "Concurrency limit: reported in DeepSeek's last 429, or configured.",
+    ),
+    Spec(
+        "llm_ratelimit_limit",
+        "gauge",
+        ("upstream", "resource"),
+        "x-ratelimit-limit-* from the last response carrying it.",
+    ),
+    Spec(
+        "llm_ratelimit_remaining",
+        "gauge",
+        ("upstream", "resource"),
+        "x-ratelimit-remaining-* from the last response carrying it.",
+    ),
+    Spec(
+        "llm_ratelimit_reset_seconds",
+        "gauge",
+        ("upstream", "resource"),
+        "x-ratelimit-reset-* from the last response carrying it, in seconds.",
+    ),
+    Spec(
+        "llm_ratelimit_configured",
+        "gauge",
+        ("upstream", "resource"),
+        "Configured account limits: requests_per_minute, tokens_per_minute, concurrency.",
+    ),
+    Spec(
+        "llm_cost_usd_total",
+        "counter",
+        ("upstream", "model", "type"),
+        "Estimated spend from the price catalogue: cache_hit, cache_miss, output.",
+    ),
+    Spec(
+        "llm_cache_savings_usd_total",
+        "counter",
+        ("upstream", "model"),
+        "What cache hits saved versus the cache-miss price.",
+    ),
+    Spec(
+        "llm_upstream_attempts_total",
+        "counter",
+        ("upstream", "route", "code"),
+        "Every upstream attempt, retries included.",
+    ),
+    Spec(
+        "llm_model_retirement_timestamp_seconds",
+        "gauge",
+        ("model",),
+        "Catalogue retirement date of a model, Unix seconds.",
+    ),
+    Spec(
+        "llm_account_balance",
+        "gauge",
+        ("upstream", "currency"),
+        "Account balance from /user/balance.",
+    ),
+    Spec("llm_account_available", "gauge", ("upstream",), "is_available from /user/balance (1/0)."),
     Spec("llm_sidecar_build_info", "gauge", ("version", "python"), "Always 1."),
-    Spec("llm_sidecar_guard_wait_seconds", "histogram", ("upstream",),
-         "Time spent queued by the opt-in concurrency guard.", GUARD_WAIT_BUCKETS),
-    Spec("llm_sidecar_unpriced_requests_total", "counter", ("upstream", "model"),
-         "Exchanges whose model has no price in the catalogue."),
-    Spec("llm_sidecar_overhead_seconds", "histogram", ("upstream",),
-         "Time the sidecar adds before the request leaves for the upstream.", OVERHEAD_BUCKETS),
-    Spec("llm_sidecar_parse_errors_total", "counter", ("upstream", "kind"),
-         "Observation gave up (sse, json, decompress, oversize); bytes still relayed."),
-    Spec("llm_sidecar_balance_poll_failures_total", "counter", ("upstream", "reason"),
-         "Balance polls that failed: connect, status, body, timeout."),
+    Spec(
+        "llm_sidecar_guard_wait_seconds",
+        "histogram",
+        ("upstream",),
+        "Time spent queued by the opt-in concurrency guard.",
+        GUARD_WAIT_BUCKETS,
+    ),
+    Spec(
+        "llm_sidecar_unpriced_requests_total",
+        "counter",
+        ("upstream", "model"),
+        "Exchanges whose model has no price in the catalogue.",
+    ),
+    Spec(
+        "llm_sidecar_overhead_seconds",
+        "histogram",
+        ("upstream",),
+        "Time the sidecar adds before the request leaves for the upstream.",
+        OVERHEAD_BUCKETS,
+    ),
+    Spec(
+        "llm_sidecar_parse_errors_total",
+        "counter",
+        ("upstream", "kind"),
+        "Observation gave up (sse, json, decompress, oversize); bytes still relayed.",
+    ),
+    Spec(
+        "llm_sidecar_balance_poll_failures_total",
+        "counter",
+        ("upstream", "reason"),
+        "Balance polls that failed: connect, status, body, timeout.",
+    ),
 )
 
 
@@ -166,6 +321,44 @@ class Metrics:
             m["llm_upstream_attempts_total"].labels(up, route, attempt_code).inc()
         if ex.guard_wait_s is not None:
             m["llm_sidecar_guard_wait_seconds"].labels(up).observe(ex.guard_wait_s)
+        self._cost(ex, model)
+
+    def _cost(self, ex: Exchange, model: str) -> None:
+        up, m, cost = self.upstream, self.m, ex.cost
+        if ex.unpriced:
+            m["llm_sidecar_unpriced_requests_total"].labels(up, model).inc()
+        if cost is None:
+            return
+        for kind, usd in (
+            ("cache_hit", cost.cache_hit_usd),
+            ("cache_miss", cost.cache_miss_usd),
+            ("output", cost.output_usd),
+        ):
+            m["llm_cost_usd_total"].labels(up, model, kind).inc(usd)
+        m["llm_cache_savings_usd_total"].labels(up, model).inc(cost.savings_usd)
+
+    def configured(self, rpm: int, tpm: int, concurrency: int) -> None:
+        """Export the account's configured limits (0 = not configured, no series)."""
+        up, m = self.upstream, self.m
+        for resource, value in zip(CONFIGURED_RESOURCES, (rpm, tpm, concurrency), strict=True):
+            if value > 0:
+                m["llm_ratelimit_configured"].labels(up, resource).set(value)
+        if concurrency > 0:
+            m["llm_upstream_concurrency_limit"].labels(up, "configured").set(concurrency)
+
+    def retirements(self, dates: dict[str, datetime]) -> None:
+        for model, when in dates.items():
+            m = self.m["llm_model_retirement_timestamp_seconds"]
+            m.labels(model).set(when.timestamp())
+
+    def balance(self, report: BalanceReport) -> None:
+        up, m = self.upstream, self.m
+        m["llm_account_available"].labels(up).set(1 if report.is_available else 0)
+        for currency, amount in report.total_balance.items():
+            m["llm_account_balance"].labels(up, currency).set(amount)
+
+    def balance_failure(self, reason: str) -> None:
+        self.m["llm_sidecar_balance_poll_failures_total"].labels(self.upstream, reason).inc()
 
     def _timings(self, ex: Exchange, model: str) -> None:
         up, route, m = self.upstream, ex.route, self.m

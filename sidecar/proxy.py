@@ -18,10 +18,12 @@ from time import monotonic
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.errors import SidecarError, error_response
 from sidecar.exchange import Exchange, Outcome
+from sidecar.guard import ConcurrencyGuard, GuardRejected
 from sidecar.headers import client_response_headers, upstream_request_headers
 from sidecar.labels import route_of
 from sidecar.limits import observe_headers
@@ -64,6 +66,7 @@ class Proxy:
         on_started: Callable[[Exchange], None],
         on_finished: Callable[[Exchange], None],
         attempt: Attempt,
+        guard: ConcurrencyGuard | None = None,
     ) -> None:
         self.settings = settings
         self.base = settings.upstream
@@ -71,8 +74,9 @@ class Proxy:
         self._on_started = on_started
         self._on_finished = on_finished
         self._attempt = attempt
+        self._guard = guard
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received_at = monotonic()
         incoming_id = request.headers.get("x-request-id", "")
         request_id = incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
@@ -93,17 +97,19 @@ class Proxy:
             ex.finish(Outcome.COMPLETED, monotonic())
             self._on_finished(ex)
 
-    async def _exchange(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+    async def _exchange(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
         if request.method == "CONNECT" or not request.raw_path.startswith("/"):
             return self._reject(
-                ex, SidecarError.BAD_REQUEST,
+                ex,
+                SidecarError.BAD_REQUEST,
                 "the sidecar forwards origin-form requests to its upstream only; "
                 "it is not an open proxy",
             )
         body = await self._read_body(request)
         if body is None:
             return self._reject(
-                ex, SidecarError.REQUEST_TOO_LARGE,
+                ex,
+                SidecarError.REQUEST_TOO_LARGE,
                 f"request body exceeds max_request_bytes ({self.settings.max_request_bytes})",
             )
         ex.body_read_at = monotonic()
@@ -115,10 +121,36 @@ class Proxy:
             scheme=request.scheme,
             api_key=self.settings.api_key,
         )
+        if self._guard is None:
+            return await self._forward(request, ex, body, headers)
+        try:
+            ex.guard_wait_s = await self._guard.acquire()
+        except GuardRejected as rejected:
+            ex.guard_wait_s = rejected.waited_s
+            return self._reject(
+                ex,
+                SidecarError.LOCAL_RATE_LIMITED,
+                f"the sidecar's concurrency guard ({self._guard.limit} in flight) is full",
+                {"Retry-After": str(rejected.retry_after_s)},
+            )
+        try:
+            return await self._forward(request, ex, body, headers)
+        finally:
+            self._guard.release()
+
+    async def _forward(
+        self, request: web.BaseRequest, ex: Exchange, body: bytes, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
         url = URL(self.base + request.raw_path, encoded=True)
         try:
             upstream = await send_with_retries(
-                self._attempt, self._session(), ex, request.method, url, headers, body,
+                self._attempt,
+                self._session(),
+                ex,
+                request.method,
+                url,
+                headers,
+                body,
                 retry_enabled=request.headers.get("x-sidecar-retry", "").lower() != "off",
             )
         except UpstreamFailure as failure:
@@ -131,14 +163,20 @@ class Proxy:
         finally:
             upstream.close()
 
-    def _reject(self, ex: Exchange, kind: SidecarError, message: str) -> web.Response:
-        response = error_response(kind, message, {"x-request-id": ex.request_id})
+    def _reject(
+        self,
+        ex: Exchange,
+        kind: SidecarError,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        response = error_response(kind, message, {"x-request-id": ex.request_id, **(headers or {})})
         ex.status = response.status
         ex.sidecar_error = kind.value
         ex.finish(Outcome.REJECTED, monotonic())
         return response
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
+    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
         """The whole request body, or None when it exceeds ``max_request_bytes``.
 
         Buffered on purpose: retries replay it byte-exact, and the model is read from it.
@@ -156,7 +194,7 @@ class Proxy:
         return b"".join(chunks)
 
     async def _relay(
-        self, request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, ex: Exchange, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         ex.response_started_at = monotonic()
         ex.status = upstream.status

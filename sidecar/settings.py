@@ -43,7 +43,7 @@ class Settings:
     upstream: str = "https://api.deepseek.com"
     upstream_name: str = "deepseek"
     listen: Address = Address("127.0.0.1", 8080)
-    admin_listen: Address = Address("0.0.0.0", 9464)  # noqa: S104 - scraped from outside the pod
+    admin_listen: Address = Address("0.0.0.0", 9464)
     config: str | None = None
     log_level: str = "info"
     log_format: str = "json"
@@ -129,7 +129,7 @@ def _address(raw: Any) -> Address:
     host, sep, port = _text(raw).rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("expected HOST:PORT")
-    return Address(host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104
+    return Address(host.strip("[]") or "0.0.0.0", int(port))
 
 
 def _choice(*allowed: str) -> Parser:
@@ -166,33 +166,59 @@ OPTIONS: tuple[Option, ...] = (
     Option("upstream_name", "--upstream-name", "SIDECAR_UPSTREAM_NAME", _text, "upstream label"),
     Option("listen", "--listen", "SIDECAR_LISTEN", _address, "proxy address", "HOST:PORT"),
     Option(
-        "admin_listen", "--admin-listen", "SIDECAR_ADMIN_LISTEN", _address, "admin address",
+        "admin_listen",
+        "--admin-listen",
+        "SIDECAR_ADMIN_LISTEN",
+        _address,
+        "admin address",
         "HOST:PORT",
     ),
     Option("config", "--config", "SIDECAR_CONFIG", _text, "TOML config file", "FILE", False),
     Option(
-        "log_level", "--log-level", "SIDECAR_LOG_LEVEL",
-        _choice("debug", "info", "warning", "error"), "log level",
+        "log_level",
+        "--log-level",
+        "SIDECAR_LOG_LEVEL",
+        _choice("debug", "info", "warning", "error"),
+        "log level",
     ),
     Option(
-        "log_format", "--log-format", "SIDECAR_LOG_FORMAT", _choice("json", "console"),
+        "log_format",
+        "--log-format",
+        "SIDECAR_LOG_FORMAT",
+        _choice("json", "console"),
         "log format",
     ),
     Option(
-        "connect_timeout_s", "--connect-timeout", "SIDECAR_CONNECT_TIMEOUT_S",
-        _number(0, strict=True), "upstream connect timeout", "S",
+        "connect_timeout_s",
+        "--connect-timeout",
+        "SIDECAR_CONNECT_TIMEOUT_S",
+        _number(0, strict=True),
+        "upstream connect timeout",
+        "S",
     ),
     Option(
-        "idle_timeout_s", "--idle-timeout", "SIDECAR_IDLE_TIMEOUT_S", _number(0, strict=True),
-        "longest upstream silence", "S",
+        "idle_timeout_s",
+        "--idle-timeout",
+        "SIDECAR_IDLE_TIMEOUT_S",
+        _number(0, strict=True),
+        "longest upstream silence",
+        "S",
     ),
     Option(
-        "max_request_bytes", "--max-request-bytes", "SIDECAR_MAX_REQUEST_BYTES", _integer(1),
-        "largest request body", "N",
+        "max_request_bytes",
+        "--max-request-bytes",
+        "SIDECAR_MAX_REQUEST_BYTES",
+        _integer(1),
+        "largest request body",
+        "N",
     ),
     Option(
-        "shutdown_timeout_s", "--shutdown-timeout", "SIDECAR_SHUTDOWN_TIMEOUT_S", _number(0),
-        "drain time on SIGTERM", "S",
+        "shutdown_timeout_s",
+        "--shutdown-timeout",
+        "SIDECAR_SHUTDOWN_TIMEOUT_S",
+        _number(0),
+        "drain time on SIGTERM",
+        "S",
     ),
     Option("models", "--models", "SIDECAR_MODELS", _models, "known model names", "LIST"),
     Option("max_models", "--max-models", "SIDECAR_MAX_MODELS", _integer(0), "model cap", "N"),
@@ -200,33 +226,61 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit_rpm", "--limit-rpm", "SIDECAR_LIMIT_RPM", _integer(0), "account RPM", "N"),
     Option("limit_tpm", "--limit-tpm", "SIDECAR_LIMIT_TPM", _integer(0), "account TPM", "N"),
     Option(
-        "limit_concurrency", "--limit-concurrency", "SIDECAR_LIMIT_CONCURRENCY", _integer(0),
-        "account concurrency", "N",
+        "limit_concurrency",
+        "--limit-concurrency",
+        "SIDECAR_LIMIT_CONCURRENCY",
+        _integer(0),
+        "account concurrency",
+        "N",
     ),
     Option(
-        "max_concurrency", "--max-concurrency", "SIDECAR_MAX_CONCURRENCY", _integer(0),
-        "concurrency guard (0 = off)", "N",
+        "max_concurrency",
+        "--max-concurrency",
+        "SIDECAR_MAX_CONCURRENCY",
+        _integer(0),
+        "concurrency guard (0 = off)",
+        "N",
     ),
     Option(
-        "guard_max_wait_s", "--guard-max-wait", "SIDECAR_GUARD_MAX_WAIT_S", _number(0),
-        "longest wait for the guard", "S",
+        "guard_max_wait_s",
+        "--guard-max-wait",
+        "SIDECAR_GUARD_MAX_WAIT_S",
+        _number(0),
+        "longest wait for the guard",
+        "S",
     ),
     Option(
-        "retry_max_attempts", "--retry-max-attempts", "SIDECAR_RETRY_MAX_ATTEMPTS", _integer(1),
-        "attempts per exchange", "N",
+        "retry_max_attempts",
+        "--retry-max-attempts",
+        "SIDECAR_RETRY_MAX_ATTEMPTS",
+        _integer(1),
+        "attempts per exchange",
+        "N",
     ),
     Option(
-        "retry_max_wait_s", "--retry-max-wait", "SIDECAR_RETRY_MAX_WAIT_S", _number(0),
-        "retry wait budget", "S",
+        "retry_max_wait_s",
+        "--retry-max-wait",
+        "SIDECAR_RETRY_MAX_WAIT_S",
+        _number(0),
+        "retry wait budget",
+        "S",
     ),
     Option("api_key", "", "SIDECAR_API_KEY", _text, "API key", in_file=False),
     Option(
-        "api_key_file", "--api-key-file", "SIDECAR_API_KEY_FILE", _text, "file holding the key",
+        "api_key_file",
+        "--api-key-file",
+        "SIDECAR_API_KEY_FILE",
+        _text,
+        "file holding the key",
         "FILE",
     ),
     Option(
-        "balance_poll_s", "--balance-poll", "SIDECAR_BALANCE_POLL_S", _number(0),
-        "balance poll interval (0 = off)", "S",
+        "balance_poll_s",
+        "--balance-poll",
+        "SIDECAR_BALANCE_POLL_S",
+        _number(0),
+        "balance poll interval (0 = off)",
+        "S",
     ),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
@@ -267,8 +321,13 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
         elif option.name in file_values:
             where = f"{config_path}: {option.name}"
             values[option.name] = _parse(option, file_values[option.name], where)
-    settings = Settings(**values)
-    return _with_key_from_file(settings)
+    settings = _with_key_from_file(Settings(**values))
+    if settings.balance_poll_s > 0 and settings.api_key is None:
+        raise SettingsError(
+            f"--balance-poll: invalid value {settings.balance_poll_s:g} "
+            "(needs an API key: SIDECAR_API_KEY or --api-key-file)"
+        )
+    return settings
 
 
 def _with_key_from_file(settings: Settings) -> Settings:

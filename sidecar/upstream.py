@@ -49,7 +49,7 @@ async def _read_error_body(ex: Exchange, response: aiohttp.ClientResponse) -> No
     """Observe a retried 429's body (DeepSeek's concurrency limit) before discarding it."""
     try:
         body = await response.content.read(_ERROR_BODY_CAP)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return
     match = CONCURRENCY_429.search(body)
     if match:
@@ -82,8 +82,10 @@ async def send_with_retries(
         except aiohttp.ServerTimeoutError:
             ex.attempt_codes.append("error")
             raise UpstreamFailure(
-                SidecarError.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_TIMEOUT,
-                "the upstream sent no response within idle_timeout", ex.request_id,
+                SidecarError.UPSTREAM_TIMEOUT,
+                Outcome.UPSTREAM_TIMEOUT,
+                "the upstream sent no response within idle_timeout",
+                ex.request_id,
             ) from None
         except (aiohttp.ClientConnectionError, OSError):
             failure = _unreachable(ex, "cannot connect to the upstream")
@@ -118,4 +120,3 @@ def _unreachable(ex: Exchange, message: str) -> UpstreamFailure:
     return UpstreamFailure(
         SidecarError.UPSTREAM_UNREACHABLE, Outcome.UPSTREAM_UNREACHABLE, message, ex.request_id
     )
-

@@ -82,7 +82,8 @@ def find_usage(obj: Any) -> tuple[dict[str, Any], bool] | None:
         if not isinstance(usage, dict):
             return None
     anthropic = "cache_read_input_tokens" in usage or (
-        "input_tokens" in usage and "input_tokens_details" not in usage
+        "input_tokens" in usage
+        and "input_tokens_details" not in usage
         and obj.get("type") in ("message", "message_start", "message_delta")
     )
     return usage, anthropic

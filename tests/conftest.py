@@ -47,6 +47,13 @@ class RunningSidecar:
         """A sample's value (0.0 when the series does not exist)."""
         return self.registry.get_sample_value(name, labels) or 0.0
 
+    async def scrape(self, accept: str | None = None) -> str:
+        headers = {"Accept": accept} if accept else {}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(self.admin_url + "/metrics", headers=headers) as response:
+                assert response.status == 200
+                return await response.text()
+
     def log_lines(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.log.getvalue().splitlines() if line]
 
