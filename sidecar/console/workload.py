@@ -102,7 +102,7 @@ class Workload:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def run(self, stop: asyncio.Event, burst_every_s: float = 5.0, burst: int = 18) -> None:
+    async def run(self, stop: asyncio.Event, burst_every_s: float = 5.0, burst: int = 14) -> None:
         """About 6 requests per second, and ``burst`` at once every ``burst_every_s``."""
         loop = asyncio.get_running_loop()
         next_burst = loop.time() + 2.0
