@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 
 import aiohttp
 
@@ -41,7 +42,7 @@ async def _run(urls: list[str], interval: float, once: bool) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.interval <= 0:
-        print("deepseek-sidecar top: --interval: bad value, must be > 0", flush=True)
+        print("deepseek-sidecar top: --interval: bad value, must be > 0", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_run(args.metrics_url, args.interval, args.once))

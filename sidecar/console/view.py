@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -63,7 +64,7 @@ def header(view: View, title: str) -> Text:
 
 
 def table(view: View) -> Table:
-    t = Table(expand=False, header_style="bold")
+    t = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD)
     columns = (
         "model", "req/min", "tok/min", "429s", "ttft p50", "ttft p95",
         "queue p50", "queue p95", "cache hit", "spend/h", "saved/h",
