@@ -49,10 +49,12 @@ class RunningSidecar:
 
     async def scrape(self, accept: str | None = None) -> str:
         headers = {"Accept": accept} if accept else {}
-        async with aiohttp.ClientSession() as session:
-            async with session.get(self.admin_url + "/metrics", headers=headers) as response:
-                assert response.status == 200
-                return await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.admin_url + "/metrics", headers=headers) as response,
+        ):
+            assert response.status == 200
+            return await response.text()
 
     def log_lines(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.log.getvalue().splitlines() if line]

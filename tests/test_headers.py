@@ -12,10 +12,18 @@ def proxy(**headers: str) -> CIMultiDictProxy[str]:
 
 
 def test_the_hop_by_hop_set() -> None:
-    assert HOP_BY_HOP == {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-        "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-    }
+    assert {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    } == HOP_BY_HOP
 
 
 def test_key_injection_only_without_client_credentials() -> None:
@@ -32,8 +40,12 @@ def test_key_injection_only_without_client_credentials() -> None:
 
 def test_response_headers_drop_hop_by_hop_and_connection_listed() -> None:
     upstream = proxy(
-        Connection="close, X-Private", X_Private="1", Transfer_Encoding="chunked",
-        Content_Encoding="gzip", Content_Length="10", x_ds_trace_id="t",
+        Connection="close, X-Private",
+        X_Private="1",
+        Transfer_Encoding="chunked",
+        Content_Encoding="gzip",
+        Content_Length="10",
+        x_ds_trace_id="t",
     )
     out = client_response_headers(upstream, "rid")
     assert set(out) == {"Content-Encoding", "Content-Length", "x-ds-trace-id", "x-request-id"}

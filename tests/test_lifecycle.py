@@ -40,9 +40,20 @@ class Process:
 async def sidecar_process(fake_upstream: tuple[FakeUpstream, str]) -> AsyncIterator[Process]:
     _, url = fake_upstream
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "run", "--upstream", url,
-        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--shutdown-timeout", "5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sidecar",
+        "run",
+        "--upstream",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--shutdown-timeout",
+        "5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     process = Process(proc, "", "", [])
     startup = await process.next_line("startup")

@@ -12,8 +12,19 @@ from sidecar.limits import observe_headers, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("1s", 1.0), ("6m0s", 360.0), ("12ms", 0.012), ("1h2m3.5s", 3723.5), ("17.3s", 17.3),
-     ("2", 2.0), ("0.5", 0.5), ("", None), ("soon", None), ("5x", None), ("1s2", None)],
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("12ms", 0.012),
+        ("1h2m3.5s", 3723.5),
+        ("17.3s", 17.3),
+        ("2", 2.0),
+        ("0.5", 0.5),
+        ("", None),
+        ("soon", None),
+        ("5x", None),
+        ("1s2", None),
+    ],
 )
 def test_go_durations(text: str, seconds: float | None) -> None:
     result = parse_duration(text)

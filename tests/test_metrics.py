@@ -48,7 +48,9 @@ async def test_promtool_accepts_the_exposition(
 ) -> None:
     promtool = require_binary("promtool")
     fake, _ = fake_upstream
-    fake.push(sse("deepseek-reasoner-stream.sse"), json_reply(fixture("deepseek-error-429.json"), 429))
+    fake.push(
+        sse("deepseek-reasoner-stream.sse"), json_reply(fixture("deepseek-error-429.json"), 429)
+    )
     for _ in range(2):
         async with client.post(sidecar.url + "/chat/completions", data=b'{"stream":true}') as r:
             await r.read()

@@ -68,7 +68,9 @@ def test_openai_trailing_usage_chunk() -> None:
 
 def test_anthropic_stream_adds_cache_reads_to_input() -> None:
     ex = feed_events("anthropic-messages-stream.sse", route="anthropic_messages")
-    assert ex.usage == Usage(input=21 + 2048, output=14, cache_hit=2048, cache_miss=21, cache_write=0)
+    assert ex.usage == Usage(
+        input=21 + 2048, output=14, cache_hit=2048, cache_miss=21, cache_write=0
+    )
     assert ex.reported_model == "claude-sonnet-4-5-20250929"
     assert ex.first_token_at == 4.0  # first content_block_delta, after start and ping
 
@@ -78,10 +80,14 @@ def test_responses_api_completed_event() -> None:
     reader = reader_for(ex, "text/event-stream", None)
     reader.feed(
         b'event: response.created\ndata: {"type":"response.created","response":'
-        b'{"model":"deepseek-flash","usage":null}}\n\n', 1.0
+        b'{"model":"deepseek-flash","usage":null}}\n\n',
+        1.0,
     )
-    reader.feed(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-                b'"delta":"Hi"}\n\n', 2.0)
+    reader.feed(
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"delta":"Hi"}\n\n',
+        2.0,
+    )
     reader.feed(
         b'event: response.completed\ndata: {"type":"response.completed","response":{"model":'
         b'"deepseek-flash","usage":{"input_tokens":300,"input_tokens_details":{"cached_tokens":256},'

@@ -65,7 +65,12 @@ async def test_first_chunk_reaches_client_before_upstream_finishes(
     fake, _ = fake_upstream
     gate = asyncio.Event()
     first = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
-    fake.push(Reply(headers={"Content-Type": "text/event-stream"}, steps=[first, Gate(gate), b"data: [DONE]\n\n"]))
+    fake.push(
+        Reply(
+            headers={"Content-Type": "text/event-stream"},
+            steps=[first, Gate(gate), b"data: [DONE]\n\n"],
+        )
+    )
     async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
         assert await response.content.readexactly(len(first)) == first
         assert not fake.finished.is_set()
@@ -105,7 +110,9 @@ async def _send_with_hop_headers(
     (got,) = fake.received
     assert got.path_qs == "/prefix/v1/chat/completions?a=1&b=%20x"
     for hop in ("Connection", "X-Hop", "Keep-Alive", "TE", "Upgrade", "Proxy-Authorization"):
-        assert hop not in got.headers or (hop == "Connection" and got.headers[hop] != "keep-alive, X-Hop")
+        assert hop not in got.headers or (
+            hop == "Connection" and got.headers[hop] != "keep-alive, X-Hop"
+        )
     assert got.headers["Host"] == url.removeprefix("http://")
     assert got.headers["Authorization"] == "Bearer sk-client"
     assert got.headers["X-Custom"] == "kept"
@@ -140,10 +147,18 @@ async def test_request_body_limit_is_inclusive(
         error = orjson.loads(await response.read())["error"]
         assert error["type"] == "request_too_large" and error["param"] is None
     assert len(fake.received) == 1
-    assert sidecar.value(
-        "llm_requests_total", upstream="deepseek", route="chat_completions", model="none",
-        stream="false", code="413", outcome="rejected",
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_requests_total",
+            upstream="deepseek",
+            route="chat_completions",
+            model="none",
+            stream="false",
+            code="413",
+            outcome="rejected",
+        )
+        == 1
+    )
 
 
 async def test_chunked_upload_over_the_limit_is_refused(
@@ -174,9 +189,15 @@ async def test_unreachable_upstream_is_a_502_envelope(
         body = orjson.loads(await response.read())
     assert body["error"]["type"] == "upstream_unreachable"
     assert sidecar.exchanges()[0]["outcome"] == "upstream_unreachable"
-    assert sidecar.value(
-        "llm_upstream_attempts_total", upstream="deepseek", route="chat_completions", code="error"
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_upstream_attempts_total",
+            upstream="deepseek",
+            route="chat_completions",
+            code="error",
+        )
+        == 1
+    )
 
 
 async def test_silence_before_headers_is_a_504(
@@ -208,9 +229,15 @@ async def test_keepalives_reset_the_idle_timer_but_silence_breaks_the_stream(
     (line,) = sidecar.exchanges()
     assert line["outcome"] == "upstream_timeout"
     assert line["queue_s"] >= 0.6
-    assert sidecar.value(
-        "llm_usage_missing_total", upstream="deepseek", route="chat_completions", model="deepseek-chat"
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_usage_missing_total",
+            upstream="deepseek",
+            route="chat_completions",
+            model="deepseek-chat",
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
@@ -232,10 +259,18 @@ async def test_upstream_abort_breaks_the_client_response(
     assert received == head  # everything relayed so far arrived, then the break
     (line,) = sidecar.exchanges()
     assert line["outcome"] == "upstream_aborted"
-    assert sidecar.value(
-        "llm_requests_total", upstream="deepseek", route="chat_completions", model="deepseek-chat",
-        stream="true", code="200", outcome="upstream_aborted",
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_requests_total",
+            upstream="deepseek",
+            route="chat_completions",
+            model="deepseek-chat",
+            stream="true",
+            code="200",
+            outcome="upstream_aborted",
+        )
+        == 1
+    )
 
 
 async def test_client_disconnect_releases_the_upstream(
@@ -256,10 +291,18 @@ async def test_client_disconnect_releases_the_upstream(
         await asyncio.sleep(0.02)
     (line,) = sidecar.exchanges()
     assert line["outcome"] == "client_disconnected"
-    assert sidecar.value(
-        "llm_usage_missing_total", upstream="deepseek", route="chat_completions", model="deepseek-chat"
-    ) == 1
-    assert sidecar.value("llm_in_flight_requests", upstream="deepseek", route="chat_completions") == 0
+    assert (
+        sidecar.value(
+            "llm_usage_missing_total",
+            upstream="deepseek",
+            route="chat_completions",
+            model="deepseek-chat",
+        )
+        == 1
+    )
+    assert (
+        sidecar.value("llm_in_flight_requests", upstream="deepseek", route="chat_completions") == 0
+    )
 
 
 async def test_client_disconnect_while_queued_without_bytes(
@@ -320,12 +363,19 @@ async def test_relayed_upstream_errors_are_not_sidecar_errors(
         assert response.status == 429
         assert "x-sidecar-error" not in response.headers
         assert await response.read() == body
-    assert sidecar.value(
-        "llm_upstream_concurrency_limit", upstream="deepseek", source="reported"
-    ) == 40
-    assert sidecar.value(
-        "llm_usage_missing_total", upstream="deepseek", route="chat_completions", model="deepseek-chat"
-    ) == 0
+    assert (
+        sidecar.value("llm_upstream_concurrency_limit", upstream="deepseek", source="reported")
+        == 40
+    )
+    assert (
+        sidecar.value(
+            "llm_usage_missing_total",
+            upstream="deepseek",
+            route="chat_completions",
+            model="deepseek-chat",
+        )
+        == 0
+    )
 
 
 async def test_ratelimit_headers_and_retry_after(
@@ -370,8 +420,13 @@ async def test_exact_stream_metrics(
     assert v("llm_upstream_queue_seconds_count", **labels) == 1
     assert v("llm_time_per_output_token_seconds_count", **labels) == 1
     assert v("llm_request_duration_seconds_count", stream="true", **labels) == 1
-    assert v("llm_tokens_total", upstream="deepseek", model="deepseek-reasoner", type="reasoning") > 0
-    assert v("llm_request_tokens_count", upstream="deepseek", model="deepseek-reasoner", type="output") == 1
+    assert (
+        v("llm_tokens_total", upstream="deepseek", model="deepseek-reasoner", type="reasoning") > 0
+    )
+    assert (
+        v("llm_request_tokens_count", upstream="deepseek", model="deepseek-reasoner", type="output")
+        == 1
+    )
     assert v("llm_in_flight_requests", upstream="deepseek", route="chat_completions") == 0
     (line,) = sidecar.exchanges()
     assert 0 < line["queue_s"] < line["ttft_s"] < line["duration_s"]
@@ -386,10 +441,15 @@ async def test_in_flight_gauge_during_a_stream(
     fake.push(Reply(headers={"Content-Type": "text/event-stream"}, steps=[b": x\n\n", Gate(gate)]))
     async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
         await response.content.readexactly(5)
-        assert sidecar.value("llm_in_flight_requests", upstream="deepseek", route="chat_completions") == 1
+        assert (
+            sidecar.value("llm_in_flight_requests", upstream="deepseek", route="chat_completions")
+            == 1
+        )
         gate.set()
         await response.read()
-    assert sidecar.value("llm_in_flight_requests", upstream="deepseek", route="chat_completions") == 0
+    assert (
+        sidecar.value("llm_in_flight_requests", upstream="deepseek", route="chat_completions") == 0
+    )
 
 
 async def test_model_labels_are_capped(

@@ -79,10 +79,18 @@ async def test_guard_rejects_after_max_wait_with_local_429(
     gate.set()
     (await holder).close()
     assert len(fake.received) == 1
-    assert sidecar.value(
-        "llm_requests_total", route="chat_completions", model="deepseek-flash", stream="false",
-        code="429", outcome="rejected", **UP,
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_requests_total",
+            route="chat_completions",
+            model="deepseek-flash",
+            stream="false",
+            code="429",
+            outcome="rejected",
+            **UP,
+        )
+        == 1
+    )
     assert sidecar.value("llm_sidecar_guard_wait_seconds_sum", **UP) >= 0.2
 
 
@@ -112,10 +120,18 @@ async def test_retry_honours_retry_after_and_replays_the_body(
     assert sidecar.value("llm_upstream_attempts_total", code="429", **attempts) == 1
     assert sidecar.value("llm_upstream_attempts_total", code="503", **attempts) == 1
     assert sidecar.value("llm_upstream_attempts_total", code="200", **attempts) == 1
-    assert sidecar.value(
-        "llm_requests_total", route="chat_completions", model="deepseek-chat", stream="false",
-        code="200", outcome="completed", **UP,
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_requests_total",
+            route="chat_completions",
+            model="deepseek-chat",
+            stream="false",
+            code="200",
+            outcome="completed",
+            **UP,
+        )
+        == 1
+    )
     assert sidecar.value("llm_upstream_concurrency_limit", source="reported", **UP) == 40
 
 
@@ -140,7 +156,9 @@ async def test_no_retry_once_bytes_reached_the_client(
     fake, url = fake_upstream
     sidecar = await start_sidecar(url, retry_max_attempts=3, retry_max_wait_s=5)
     head = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
-    fake.push(Reply(headers={"Content-Type": "text/event-stream"}, steps=[head, Pause(0.05), ABORT]))
+    fake.push(
+        Reply(headers={"Content-Type": "text/event-stream"}, steps=[head, Pause(0.05), ABORT])
+    )
     async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
@@ -173,9 +191,10 @@ async def test_connect_errors_are_retried_then_502(
         assert response.status == 502
     (line,) = sidecar.exchanges()
     assert line["attempts"] == 3 and line["outcome"] == "upstream_unreachable"
-    assert sidecar.value(
-        "llm_upstream_attempts_total", route="chat_completions", code="error", **UP
-    ) == 3
+    assert (
+        sidecar.value("llm_upstream_attempts_total", route="chat_completions", code="error", **UP)
+        == 3
+    )
 
 
 async def test_without_retries_a_429_is_one_attempt(
@@ -186,9 +205,10 @@ async def test_without_retries_a_429_is_one_attempt(
     async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
         assert response.status == 429
     assert len(fake.received) == 1
-    assert sidecar.value(
-        "llm_upstream_attempts_total", route="chat_completions", code="429", **UP
-    ) == 1
+    assert (
+        sidecar.value("llm_upstream_attempts_total", route="chat_completions", code="429", **UP)
+        == 1
+    )
 
 
 # --- cost, retirements, configured limits --------------------------------------------------
@@ -207,15 +227,20 @@ flat-alias = "flat-model"
 
 
 async def test_cost_and_savings_are_exact_and_keep_the_alias_label(
-    fake_upstream: Upstream, start_sidecar: SidecarFactory, client: aiohttp.ClientSession,
+    fake_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    client: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
     fake, url = fake_upstream
     sidecar = await start_sidecar(url)
     sidecar.sidecar.catalogue = Catalogue.from_toml(FLAT_CATALOGUE)
     usage = {
-        "prompt_tokens": 1_000_000, "completion_tokens": 500_000, "total_tokens": 1_500_000,
-        "prompt_cache_hit_tokens": 800_000, "prompt_cache_miss_tokens": 200_000,
+        "prompt_tokens": 1_000_000,
+        "completion_tokens": 500_000,
+        "total_tokens": 1_500_000,
+        "prompt_cache_hit_tokens": 800_000,
+        "prompt_cache_miss_tokens": 200_000,
     }
     for model in ("flat-alias", "unknown-model"):
         fake.push(json_reply(orjson.dumps({"model": model, "usage": usage})))
@@ -238,7 +263,10 @@ async def test_builtin_prices_follow_the_window_in_force_at_the_start() -> None:
     catalogue = Catalogue.builtin()
     usage = Usage(input=1_000_000, output=1_000_000, cache_hit=0, cache_miss=1_000_000)
     costs = []
-    for at in (datetime(2026, 11, 30, 3, 59, 59, tzinfo=UTC), datetime(2026, 11, 30, 4, tzinfo=UTC)):
+    for at in (
+        datetime(2026, 11, 30, 3, 59, 59, tzinfo=UTC),
+        datetime(2026, 11, 30, 4, tzinfo=UTC),
+    ):
         ex = Exchange("r", "POST", "chat_completions", 0.0, at, reported_model="deepseek-flash")
         ex.usage = usage
         price_exchange(ex, catalogue)
@@ -270,11 +298,15 @@ async def test_balance_poller_sets_gauges_with_the_injected_key(
     fake_upstream: Upstream, start_sidecar: SidecarFactory
 ) -> None:
     fake, url = fake_upstream
-    balance = b'{"is_available":true,"balance_infos":[{"currency":"CNY","total_balance":"110.00","granted_balance":"10.00","topped_up_balance":"100.00"}]}'
+    balance = (
+        b'{"is_available":true,"balance_infos":[{"currency":"CNY","total_balance":"110.00",'
+        b'"granted_balance":"10.00","topped_up_balance":"100.00"}]}'
+    )
     fake.push(json_reply(balance), json_reply(b"oops", status=500))
     sidecar = await start_sidecar(url, api_key="sk-balance-key", balance_poll_s=0.1)
-    await wait_for(lambda: sidecar.value(
-        "llm_sidecar_balance_poll_failures_total", reason="status", **UP) >= 1)
+    await wait_for(
+        lambda: sidecar.value("llm_sidecar_balance_poll_failures_total", reason="status", **UP) >= 1
+    )
     assert sidecar.value("llm_account_balance", currency="CNY", **UP) == 110.0
     assert sidecar.value("llm_account_available", **UP) == 1
     assert fake.received[0].path_qs == "/user/balance"

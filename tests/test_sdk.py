@@ -20,7 +20,9 @@ async def test_async_stream_and_usage(fake_upstream: Upstream, sidecar: RunningS
     fake.push(sse("deepseek-chat-stream.sse"))
     client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="sk-test", max_retries=0)
     stream = await client.chat.completions.create(
-        model="deepseek-chat", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+        model="deepseek-chat",
+        messages=MESSAGES,
+        stream=True,  # type: ignore[arg-type]
         stream_options={"include_usage": True},
     )
     text, usage = "", None
@@ -31,10 +33,15 @@ async def test_async_stream_and_usage(fake_upstream: Upstream, sidecar: RunningS
     await client.close()
     assert text.startswith("Sure! Here is a short haiku")
     assert usage is not None and usage.prompt_tokens == 1220
-    assert sidecar.value(
-        "llm_time_to_first_token_seconds_count",
-        upstream="deepseek", route="chat_completions", model="deepseek-chat",
-    ) == 1
+    assert (
+        sidecar.value(
+            "llm_time_to_first_token_seconds_count",
+            upstream="deepseek",
+            route="chat_completions",
+            model="deepseek-chat",
+        )
+        == 1
+    )
 
 
 async def test_async_non_stream_with_blank_lines(
@@ -47,23 +54,30 @@ async def test_async_non_stream_with_blank_lines(
     await client.close()
     assert completion.choices[0].message.content == "9.8 is larger."
     assert fake.received[0].path_qs == "/v1/chat/completions"
-    assert sidecar.value(
-        "llm_tokens_total", upstream="deepseek", model="deepseek-reasoner", type="reasoning"
-    ) > 0
+    assert (
+        sidecar.value(
+            "llm_tokens_total", upstream="deepseek", model="deepseek-reasoner", type="reasoning"
+        )
+        > 0
+    )
 
 
 async def test_sync_client_stream_and_non_stream(
     fake_upstream: Upstream, sidecar: RunningSidecar
 ) -> None:
     fake, _ = fake_upstream
-    fake.push(json_reply(fixture("deepseek-chat-nonstream.json")), sse("deepseek-reasoner-stream.sse"))
+    fake.push(
+        json_reply(fixture("deepseek-chat-nonstream.json")), sse("deepseek-reasoner-stream.sse")
+    )
 
     def use_sync_sdk() -> tuple[str, str]:
         with openai.OpenAI(base_url=sidecar.url, api_key="sk-test", max_retries=0) as client:
             plain = client.chat.completions.create(model="deepseek-chat", messages=MESSAGES)  # type: ignore[arg-type]
             streamed = ""
             for chunk in client.chat.completions.create(
-                model="deepseek-reasoner", messages=MESSAGES, stream=True  # type: ignore[arg-type]
+                model="deepseek-reasoner",
+                messages=MESSAGES,
+                stream=True,  # type: ignore[arg-type]
             ):
                 streamed += (chunk.choices[0].delta.content or "") if chunk.choices else ""
             return plain.choices[0].message.content or "", streamed
@@ -84,7 +98,10 @@ async def test_rate_limit_error_reaches_the_sdk_unchanged(
     await client.close()
     assert "exceeds your concurrency limit of 40" in str(info.value)
     assert info.value.response.headers.get("x-sidecar-error") is None
-    assert sidecar.value("llm_upstream_concurrency_limit", upstream="deepseek", source="reported") == 40
+    assert (
+        sidecar.value("llm_upstream_concurrency_limit", upstream="deepseek", source="reported")
+        == 40
+    )
 
 
 async def test_sidecar_errors_surface_as_sdk_errors(start_sidecar: SidecarFactory) -> None:

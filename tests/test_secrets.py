@@ -25,7 +25,8 @@ REQUEST = orjson.dumps(
     }
 )
 STREAM = (
-    b'data: {"model":"deepseek-flash","choices":[{"delta":{"content":"' + ANSWER_MARKER.encode()
+    b'data: {"model":"deepseek-flash","choices":[{"delta":{"content":"'
+    + ANSWER_MARKER.encode()
     + b'"}}]}\n\n'
     b'data: {"model":"deepseek-flash","choices":[{"delta":{"content":""},"finish_reason":"stop"}],'
     b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\n'
@@ -41,7 +42,9 @@ async def drive_every_path(sidecar: RunningSidecar, fake: FakeUpstream) -> None:
     fake.push(
         answer(),
         json_reply(fixture("deepseek-error-429.json"), status=429),
-        Reply(headers={"Content-Type": "text/event-stream"}, steps=[STREAM[:60], Pause(0.05), ABORT]),
+        Reply(
+            headers={"Content-Type": "text/event-stream"}, steps=[STREAM[:60], Pause(0.05), ABORT]
+        ),
         Reply(
             headers={"Content-Type": "text/event-stream"},
             steps=[STREAM[:80]] + [Pause(0.05), b": keep-alive\n\n"] * 100,
@@ -52,12 +55,15 @@ async def drive_every_path(sidecar: RunningSidecar, fake: FakeUpstream) -> None:
     async with aiohttp.ClientSession() as client:
         for _ in range(3):  # success, 429, upstream abort
             try:
-                async with client.post(sidecar.url + "/chat/completions", data=REQUEST,
-                                       headers=headers) as response:
+                async with client.post(
+                    sidecar.url + "/chat/completions", data=REQUEST, headers=headers
+                ) as response:
                     await response.read()
             except aiohttp.ClientPayloadError:
                 pass
-        response = await client.post(sidecar.url + "/chat/completions", data=REQUEST, headers=headers)
+        response = await client.post(
+            sidecar.url + "/chat/completions", data=REQUEST, headers=headers
+        )
         await response.content.readexactly(80)
         response.close()  # client disconnect mid-stream
         await asyncio.wait_for(fake.disconnected.wait(), 5)

@@ -57,21 +57,44 @@ def test_api_key_from_file_is_masked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "environ", "message"),
     [
-        (["--idle-timeout", "abc"], {},
-         "--idle-timeout: invalid value 'abc' (could not convert string to float: 'abc')"),
+        (
+            ["--idle-timeout", "abc"],
+            {},
+            "--idle-timeout: invalid value 'abc' (could not convert string to float: 'abc')",
+        ),
         (["--idle-timeout", "0"], {}, "--idle-timeout: invalid value '0' (must be > 0)"),
-        ([], {"SIDECAR_CONNECT_TIMEOUT_S": "-1"},
-         "SIDECAR_CONNECT_TIMEOUT_S: invalid value '-1' (must be > 0)"),
-        (["--upstream", "ftp://x"], {},
-         "--upstream: invalid value 'ftp://x' (expected an http:// or https:// URL)"),
+        (
+            [],
+            {"SIDECAR_CONNECT_TIMEOUT_S": "-1"},
+            "SIDECAR_CONNECT_TIMEOUT_S: invalid value '-1' (must be > 0)",
+        ),
+        (
+            ["--upstream", "ftp://x"],
+            {},
+            "--upstream: invalid value 'ftp://x' (expected an http:// or https:// URL)",
+        ),
         (["--listen", "8080"], {}, "--listen: invalid value '8080' (expected HOST:PORT)"),
-        (["--log-format", "xml"], {},
-         "--log-format: invalid value 'xml' (expected one of json, console)"),
-        (["--max-request-bytes", "1.5"], {},
-         "--max-request-bytes: invalid value '1.5' (invalid literal for int() with base 10: '1.5')"),
-        ([], {"SIDECAR_RETRY_MAX_ATTEMPTS": "0"},
-         "SIDECAR_RETRY_MAX_ATTEMPTS: invalid value '0' (must be >= 1)"),
-        (["--models", " , "], {}, "--models: invalid value ' , ' (expected at least one model name)"),
+        (
+            ["--log-format", "xml"],
+            {},
+            "--log-format: invalid value 'xml' (expected one of json, console)",
+        ),
+        (
+            ["--max-request-bytes", "1.5"],
+            {},
+            "--max-request-bytes: invalid value '1.5' "
+            "(invalid literal for int() with base 10: '1.5')",
+        ),
+        (
+            [],
+            {"SIDECAR_RETRY_MAX_ATTEMPTS": "0"},
+            "SIDECAR_RETRY_MAX_ATTEMPTS: invalid value '0' (must be >= 1)",
+        ),
+        (
+            ["--models", " , "],
+            {},
+            "--models: invalid value ' , ' (expected at least one model name)",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_value(
@@ -85,7 +108,10 @@ def test_bad_values_name_the_key_and_value(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("idle_timeout_s = true\n", "{path}: idle_timeout_s: invalid value True (expected a number)"),
+        (
+            "idle_timeout_s = true\n",
+            "{path}: idle_timeout_s: invalid value True (expected a number)",
+        ),
         ("idle_timeot_s = 5\n", "{path}: unknown key 'idle_timeot_s'"),
         ("api_key = 'sk-x'\n", "{path}: unknown key 'api_key'"),
         ("max_models = 2.5\n", "{path}: max_models: invalid value 2.5 (expected a whole number)"),
@@ -111,7 +137,10 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *args],
-        capture_output=True, text=True, timeout=30, env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
     )
 
 

@@ -38,7 +38,7 @@ def test_comments_and_blank_lines_before_data_are_queue_signals() -> None:
 
 
 def test_multiline_data_event_names_and_optional_space() -> None:
-    events, _ = decode(b"event: message_start\ndata:{\"a\":1}\ndata: two\nid: 7\n\n")
+    events, _ = decode(b'event: message_start\ndata:{"a":1}\ndata: two\nid: 7\n\n')
     assert events == [SSEEvent("message_start", b'{"a":1}\ntwo')]
 
 
@@ -83,7 +83,10 @@ def test_any_split_decodes_to_the_same_events(stream: bytes, cuts: list[int]) ->
     whole_events, whole = decode(stream)
     split_events, split = decode(*pieces)
     assert split_events == whole_events
-    assert (split.signals_before_data, split.comments) == (whole.signals_before_data, whole.comments)
+    assert (split.signals_before_data, split.comments) == (
+        whole.signals_before_data,
+        whole.comments,
+    )
 
 
 @settings(max_examples=200, deadline=None)
