@@ -22,6 +22,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from sidecar.balance import BalancePoller
 from sidecar.catalogue import Catalogue
 from sidecar.cost import price_exchange
+from sidecar.errors import EnvelopeServer
 from sidecar.exchange import Exchange
 from sidecar.guard import ConcurrencyGuard
 from sidecar.labels import ModelLabels
@@ -112,7 +113,7 @@ class Sidecar:
             await self.session.close()
 
     def proxy_server(self) -> web.Server:
-        return web.Server(self.proxy.handle, handler_cancellation=True, access_log=None)
+        return EnvelopeServer(self.proxy.handle, handler_cancellation=True, access_log=None)
 
     def admin_app(self) -> web.Application:
         app = web.Application()

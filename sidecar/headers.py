@@ -25,8 +25,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Recomputed by the HTTP layer on each hop: the body length may be re-framed.
-_REFRAMED = frozenset({"content-length", "host"})
+# Recomputed by the HTTP layer on each hop: the body length may be re-framed, and the body was
+# already read in full, so a client's "Expect: 100-continue" has been answered by this hop.
+_REFRAMED = frozenset({"content-length", "host", "expect"})
 
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:

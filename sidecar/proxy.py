@@ -183,7 +183,10 @@ class Proxy:
         """
         limit = self.settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
-            return None
+            return None  # refused before "100 Continue": the client never sends the body
+        expects_continue = request.headers.get("Expect", "").lower() == "100-continue"
+        if expects_continue and request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():

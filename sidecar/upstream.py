@@ -89,6 +89,14 @@ async def send_with_retries(
             ) from None
         except (aiohttp.ClientConnectionError, OSError):
             failure = _unreachable(ex, "cannot connect to the upstream")
+        except aiohttp.ClientError:
+            ex.attempt_codes.append("error")
+            raise UpstreamFailure(
+                SidecarError.UPSTREAM_BAD_RESPONSE,
+                Outcome.UPSTREAM_UNREACHABLE,
+                "the upstream sent an invalid HTTP response",
+                ex.request_id,
+            ) from None
         else:
             ex.attempt_codes.append(str(response.status))
             if not (retry_enabled and is_retryable_status(response.status)):

@@ -468,3 +468,43 @@ async def test_model_labels_are_capped(
         for s in metric.samples
     }
     assert families == {"known", "a", "b", "other"}
+
+
+async def test_malformed_client_requests_get_the_envelope(sidecar: RunningSidecar) -> None:
+    answer = await raw_request(
+        sidecar.url, b"GET /models?key=sk-secret HTTP/1.1\r\nBad Header\r\n\r\n"
+    )
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+    assert b'"type":"bad_request"' in answer
+    assert b"sk-secret" not in answer
+
+
+async def test_garbage_from_the_upstream_is_a_502_envelope(
+    start_sidecar: SidecarFactory, client: aiohttp.ClientSession
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sidecar = await start_sidecar(f"http://127.0.0.1:{port}")
+    async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
+        assert response.status == 502
+        assert response.headers["x-sidecar-error"] == "upstream_bad_response"
+    server.close()
+    assert sidecar.exchanges()[0]["error_type"] == "upstream_bad_response"
+
+
+async def test_expect_continue_is_answered_here_not_forwarded(
+    fake_upstream: Upstream, sidecar: RunningSidecar, client: aiohttp.ClientSession
+) -> None:
+    fake, _ = fake_upstream
+    async with client.post(
+        sidecar.url + "/chat/completions", data=b"{}", expect100=True
+    ) as response:
+        assert response.status == 200
+    assert "Expect" not in fake.received[0].headers
+    assert fake.received[0].body == b"{}"
