@@ -28,6 +28,8 @@ HOP_BY_HOP = frozenset(
 # Recomputed by the HTTP layer on each hop: the body length may be re-framed, and the body was
 # already read in full, so a client's "Expect: 100-continue" has been answered by this hop.
 _REFRAMED = frozenset({"content-length", "host", "expect"})
+# Rewritten by the sidecar, or addressed to it (x-sidecar-retry) rather than to the upstream.
+_REPLACED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-sidecar-retry"})
 
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
@@ -54,7 +56,7 @@ def upstream_request_headers(
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
-        if lower not in drop and lower not in ("x-forwarded-for", "x-forwarded-proto"):
+        if lower not in drop and lower not in _REPLACED:
             out.add(name, value)
     if "x-request-id" not in out:
         out["x-request-id"] = request_id

@@ -161,7 +161,10 @@ class Proxy:
         try:
             return await self._relay(request, ex, upstream)
         finally:
-            upstream.close()
+            if ex.outcome is Outcome.COMPLETED:
+                upstream.release()  # back to the pool: the next request skips TCP and TLS setup
+            else:
+                upstream.close()  # abandon the connection: generation (and billing) stops
 
     def _reject(
         self,

@@ -90,9 +90,10 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.received.append(
-            Received(request.method, request.path_qs, CIMultiDict(request.headers), body)
-        )
+        headers = CIMultiDict(request.headers)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        headers["X-Peer-Port"] = str(peer[1]) if peer else ""  # which connection carried it
+        self.received.append(Received(request.method, request.path_qs, headers, body))
         reply = self.replies.popleft() if self.replies else json_reply(b'{"ok":true}')
         response = web.StreamResponse(status=reply.status, headers=reply.headers)
         if reply.chunked:

@@ -508,3 +508,15 @@ async def test_expect_continue_is_answered_here_not_forwarded(
         assert response.status == 200
     assert "Expect" not in fake.received[0].headers
     assert fake.received[0].body == b"{}"
+
+
+async def test_upstream_connections_are_pooled(
+    fake_upstream: Upstream, sidecar: RunningSidecar, client: aiohttp.ClientSession
+) -> None:
+    fake, _ = fake_upstream
+    fake.push(sse("deepseek-chat-stream.sse"), json_reply(fixture("deepseek-chat-nonstream.json")))
+    for _ in range(4):
+        async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
+            await response.read()
+    peers = {r.headers["X-Peer-Port"] for r in fake.received}
+    assert len(peers) == 1, peers

@@ -176,6 +176,7 @@ async def test_retry_can_be_turned_off_per_request(
     async with client.post(sidecar.url + "/chat/completions", data=CHAT, headers=headers) as r:
         assert r.status == 429
     assert len(fake.received) == 1
+    assert "x-sidecar-retry" not in fake.received[0].headers  # addressed to the sidecar only
 
 
 async def test_connect_errors_are_retried_then_502(
