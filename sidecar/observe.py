@@ -97,6 +97,16 @@ class _Base:
             self.ex.parse_error = kind
         self.active = False
 
+    def feed(self, chunk: bytes, now: float) -> None:
+        if not self.active:
+            return
+        plain = self._plain(chunk)
+        if plain is not None:
+            self._consume(plain, now)
+
+    def _consume(self, plain: bytes, now: float) -> None:
+        raise NotImplementedError
+
     def _plain(self, chunk: bytes) -> bytes | None:
         if self._decompressor is None:
             return chunk
@@ -118,12 +128,7 @@ class StreamReader(_Base):
         self._anthropic = anthropic
         self._parsed_first = False
 
-    def feed(self, chunk: bytes, now: float) -> None:
-        if not self.active:
-            return
-        plain = self._plain(chunk)
-        if plain is None:
-            return
+    def _consume(self, plain: bytes, now: float) -> None:
         events = self._decoder.feed(plain)
         if self.ex.first_data_at is None and self._decoder.data_seen:
             self.ex.first_data_at = now
@@ -172,12 +177,7 @@ class JsonReader(_Base):
         self._body = bytearray()
         self._blank_seen = False
 
-    def feed(self, chunk: bytes, now: float) -> None:
-        if not self.active:
-            return
-        plain = self._plain(chunk)
-        if plain is None:
-            return
+    def _consume(self, plain: bytes, now: float) -> None:
         if self.ex.first_data_at is None:
             stripped = plain.lstrip(WHITESPACE)
             self._blank_seen = self._blank_seen or len(stripped) < len(plain)

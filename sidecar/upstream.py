@@ -78,25 +78,15 @@ async def send_with_retries(
                 method, url, headers=headers, data=body or None, allow_redirects=False
             )
         except aiohttp.ConnectionTimeoutError:
-            failure = _unreachable(ex, "timed out connecting to the upstream")
+            failure = _failed(ex, _UNREACHABLE, "timed out connecting to the upstream")
         except aiohttp.ServerTimeoutError:
-            ex.attempt_codes.append("error")
-            raise UpstreamFailure(
-                SidecarError.UPSTREAM_TIMEOUT,
-                Outcome.UPSTREAM_TIMEOUT,
-                "the upstream sent no response within idle_timeout",
-                ex.request_id,
+            raise _failed(
+                ex, _TIMEOUT, "the upstream sent no response within idle_timeout"
             ) from None
         except (aiohttp.ClientConnectionError, OSError):
-            failure = _unreachable(ex, "cannot connect to the upstream")
+            failure = _failed(ex, _UNREACHABLE, "cannot connect to the upstream")
         except aiohttp.ClientError:
-            ex.attempt_codes.append("error")
-            raise UpstreamFailure(
-                SidecarError.UPSTREAM_BAD_RESPONSE,
-                Outcome.UPSTREAM_UNREACHABLE,
-                "the upstream sent an invalid HTTP response",
-                ex.request_id,
-            ) from None
+            raise _failed(ex, _BAD_RESPONSE, "the upstream sent an invalid HTTP response") from None
         else:
             ex.attempt_codes.append(str(response.status))
             if not (retry_enabled and is_retryable_status(response.status)):
@@ -123,8 +113,12 @@ async def send_with_retries(
         await asyncio.sleep(delay)
 
 
-def _unreachable(ex: Exchange, message: str) -> UpstreamFailure:
+_UNREACHABLE = (SidecarError.UPSTREAM_UNREACHABLE, Outcome.UPSTREAM_UNREACHABLE)
+_TIMEOUT = (SidecarError.UPSTREAM_TIMEOUT, Outcome.UPSTREAM_TIMEOUT)
+_BAD_RESPONSE = (SidecarError.UPSTREAM_BAD_RESPONSE, Outcome.UPSTREAM_UNREACHABLE)
+
+
+def _failed(ex: Exchange, why: tuple[SidecarError, Outcome], message: str) -> UpstreamFailure:
+    """An attempt that got no HTTP response: counted with code ``error``."""
     ex.attempt_codes.append("error")
-    return UpstreamFailure(
-        SidecarError.UPSTREAM_UNREACHABLE, Outcome.UPSTREAM_UNREACHABLE, message, ex.request_id
-    )
+    return UpstreamFailure(why[0], why[1], message, ex.request_id)

@@ -47,6 +47,10 @@ class RunningSidecar:
         """A sample's value (0.0 when the series does not exist)."""
         return self.registry.get_sample_value(name, labels) or 0.0
 
+    def requests(self, **labels: str) -> float:
+        """``llm_requests_total`` for the default upstream; ``labels`` name the rest."""
+        return self.value("llm_requests_total", upstream="deepseek", **labels)
+
     async def scrape(self, accept: str | None = None) -> str:
         headers = {"Accept": accept} if accept else {}
         async with (

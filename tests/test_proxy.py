@@ -148,14 +148,8 @@ async def test_request_body_limit_is_inclusive(
         assert error["type"] == "request_too_large" and error["param"] is None
     assert len(fake.received) == 1
     assert (
-        sidecar.value(
-            "llm_requests_total",
-            upstream="deepseek",
-            route="chat_completions",
-            model="none",
-            stream="false",
-            code="413",
-            outcome="rejected",
+        sidecar.requests(
+            route="chat_completions", model="none", stream="false", code="413", outcome="rejected"
         )
         == 1
     )
@@ -260,9 +254,7 @@ async def test_upstream_abort_breaks_the_client_response(
     (line,) = sidecar.exchanges()
     assert line["outcome"] == "upstream_aborted"
     assert (
-        sidecar.value(
-            "llm_requests_total",
-            upstream="deepseek",
+        sidecar.requests(
             route="chat_completions",
             model="deepseek-chat",
             stream="true",

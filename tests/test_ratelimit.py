@@ -80,14 +80,12 @@ async def test_guard_rejects_after_max_wait_with_local_429(
     (await holder).close()
     assert len(fake.received) == 1
     assert (
-        sidecar.value(
-            "llm_requests_total",
+        sidecar.requests(
             route="chat_completions",
             model="deepseek-flash",
             stream="false",
             code="429",
             outcome="rejected",
-            **UP,
         )
         == 1
     )
@@ -121,14 +119,12 @@ async def test_retry_honours_retry_after_and_replays_the_body(
     assert sidecar.value("llm_upstream_attempts_total", code="503", **attempts) == 1
     assert sidecar.value("llm_upstream_attempts_total", code="200", **attempts) == 1
     assert (
-        sidecar.value(
-            "llm_requests_total",
+        sidecar.requests(
             route="chat_completions",
             model="deepseek-chat",
             stream="false",
             code="200",
             outcome="completed",
-            **UP,
         )
         == 1
     )

@@ -13,16 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCENARIO_DIR = Path(__file__).parent / "scenarios"
+from sidecar.settings import DEFAULT_MODELS
 
-DEFAULT_MODELS: tuple[str, ...] = (
-    "deepseek-flash",
-    "deepseek-v4-pro",
-    "deepseek-v4-flash",
-    "deepseek-v4-flash-vision-exp",
-    "deepseek-chat",
-    "deepseek-reasoner",
-)
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
 
 class ScenarioError(ValueError):
