@@ -12,7 +12,8 @@ from sidecar.metrics import SPECS
 from tests.conftest import RunningSidecar, require_binary
 from tests.fake_upstream import FakeUpstream, fixture, json_reply, sse
 
-DOCS = Path(__file__).parent.parent / "docs" / "metrics.md"
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs" / "metrics.md"
 CONTRACT_ROW = re.compile(r"^\| `(llm_[a-z_]+)` \| (\w+) \| ([a-z_, ]+) \|", re.M)
 
 
@@ -73,3 +74,26 @@ async def test_openmetrics_carries_request_id_exemplars(
         await r.read()
     text = await sidecar.scrape("application/openmetrics-text; version=1.0.0")
     assert '# {request_id="trace-me"}' in text
+
+
+REFERENCING = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "deploy" / "prometheus" / "rules.yml",
+    ROOT / "deploy" / "prometheus" / "rules.test.yml",
+    *sorted((ROOT / "sidecar" / "console").glob("*.py")),
+]
+
+
+def test_every_metric_name_used_in_docs_rules_and_console_exists() -> None:
+    known = {spec.name for spec in SPECS}
+    series = known | {
+        spec.name + suffix
+        for spec in SPECS
+        if spec.kind == "histogram"
+        for suffix in ("_bucket", "_sum", "_count")
+    }
+    for path in REFERENCING:
+        used = set(re.findall(r"(?<![:\w])(llm_[a-z_]+[a-z])\b(?!:)", path.read_text()))
+        unknown = {name for name in used if name not in series and not name.endswith("_")}
+        assert not unknown, f"{path.relative_to(ROOT)} uses unknown metrics {sorted(unknown)}"
