@@ -8,6 +8,7 @@ finally reported. The format is documented in ``docs/catalogue.md``; the built-i
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,12 +78,19 @@ class PriceWindow:
     def prices_at(self, at: datetime) -> Prices:
         off_peak = self.schedule is not None and not self.schedule.is_peak(at)
         factor = self.schedule.off_peak_multiplier if off_peak and self.schedule else Decimal(1)
-        return Prices(
-            cache_hit=self.cache_hit * factor / _PER_MILLION,
-            cache_miss=self.cache_miss * factor / _PER_MILLION,
-            output=self.output * factor / _PER_MILLION,
-            off_peak=off_peak,
-        )
+        return _per_token(self.cache_hit, self.cache_miss, self.output, factor, off_peak)
+
+
+@functools.lru_cache(maxsize=1024)  # a few windows x peak/off-peak: computed once, not per request
+def _per_token(
+    cache_hit: Decimal, cache_miss: Decimal, output: Decimal, factor: Decimal, off_peak: bool
+) -> Prices:
+    return Prices(
+        cache_hit=cache_hit * factor / _PER_MILLION,
+        cache_miss=cache_miss * factor / _PER_MILLION,
+        output=output * factor / _PER_MILLION,
+        off_peak=off_peak,
+    )
 
 
 @dataclass(frozen=True, slots=True)

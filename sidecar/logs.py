@@ -40,6 +40,7 @@ def build_logger(level: str = "info", fmt: str = "json", stream: BinaryIO | None
         structlog.BytesLogger(out),
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        cache_logger_on_first_use=True,  # bind once, not on every exchange
     )
 
 

@@ -128,53 +128,65 @@ class Metrics:
         self.upstream = upstream
         self.models = model_labels
         self.m: dict[str, Any] = {s.name: _build(s, registry) for s in SPECS}
+        self._children: dict[tuple[str, ...], Any] = {}
         self._precreate()
+
+    def _child(self, name: str, *values: str) -> Any:
+        """The labelled child, cached: ``labels()`` validates and locks on every call.
+
+        The cache is bounded because every label value is (see ``labels.py``).
+        """
+        key = (name, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.m[name].labels(*values)
+        return child
 
     def _precreate(self) -> None:
         """Known label values exist at zero, so rate() and absent() behave from the start."""
         up = self.upstream
-        self.m["llm_sidecar_build_info"].labels(__version__, platform.python_version()).set(1)
+        self._child("llm_sidecar_build_info", __version__, platform.python_version()).set(1)
         for route in ROUTES:
-            self.m["llm_in_flight_requests"].labels(up, route)
+            self._child("llm_in_flight_requests", up, route)
         for kind in PARSE_ERROR_KINDS:
-            self.m["llm_sidecar_parse_errors_total"].labels(up, kind)
-        self.m["llm_sidecar_overhead_seconds"].labels(up)
-        self.m["llm_retry_after_seconds"].labels(up)
+            self._child("llm_sidecar_parse_errors_total", up, kind)
+        self._child("llm_sidecar_overhead_seconds", up)
+        self._child("llm_retry_after_seconds", up)
 
     def started(self, route: str) -> None:
-        self.m["llm_in_flight_requests"].labels(self.upstream, route).inc()
+        self._child("llm_in_flight_requests", self.upstream, route).inc()
 
     def record(self, ex: Exchange) -> None:
         """Write everything one finished exchange contributes. Called exactly once per exchange."""
-        up, route, m = self.upstream, ex.route, self.m
+        up, route = self.upstream, ex.route
         model = self.models.label(ex.model)
         stream = "true" if ex.stream else "false"
         code = str(ex.status) if ex.status is not None else "499"
         outcome = (ex.outcome or Outcome.COMPLETED).value
-        m["llm_in_flight_requests"].labels(up, route).dec()
-        m["llm_requests_total"].labels(up, route, model, stream, code, outcome).inc()
+        self._child("llm_in_flight_requests", up, route).dec()
+        self._child("llm_requests_total", up, route, model, stream, code, outcome).inc()
         exemplar = {"request_id": ex.request_id[:64]}
         if ex.duration_s is not None:
-            m["llm_request_duration_seconds"].labels(up, route, model, stream).observe(
+            self._child("llm_request_duration_seconds", up, route, model, stream).observe(
                 ex.duration_s, exemplar
             )
         self._timings(ex, model)
         self._usage(ex, model)
         self._limits(ex)
         if ex.overhead_s is not None:
-            m["llm_sidecar_overhead_seconds"].labels(up).observe(ex.overhead_s)
+            self._child("llm_sidecar_overhead_seconds", up).observe(ex.overhead_s)
         if ex.parse_error is not None:
-            m["llm_sidecar_parse_errors_total"].labels(up, ex.parse_error).inc()
+            self._child("llm_sidecar_parse_errors_total", up, ex.parse_error).inc()
         for attempt_code in ex.attempt_codes:
-            m["llm_upstream_attempts_total"].labels(up, route, attempt_code).inc()
+            self._child("llm_upstream_attempts_total", up, route, attempt_code).inc()
         if ex.guard_wait_s is not None:
-            m["llm_sidecar_guard_wait_seconds"].labels(up).observe(ex.guard_wait_s)
+            self._child("llm_sidecar_guard_wait_seconds", up).observe(ex.guard_wait_s)
         self._cost(ex, model)
 
     def _cost(self, ex: Exchange, model: str) -> None:
-        up, m, cost = self.upstream, self.m, ex.cost
+        up, cost = self.upstream, ex.cost
         if ex.unpriced:
-            m["llm_sidecar_unpriced_requests_total"].labels(up, model).inc()
+            self._child("llm_sidecar_unpriced_requests_total", up, model).inc()
         if cost is None:
             return
         for kind, usd in (
@@ -182,60 +194,59 @@ class Metrics:
             ("cache_miss", cost.cache_miss_usd),
             ("output", cost.output_usd),
         ):
-            m["llm_cost_usd_total"].labels(up, model, kind).inc(usd)
-        m["llm_cache_savings_usd_total"].labels(up, model).inc(cost.savings_usd)
+            self._child("llm_cost_usd_total", up, model, kind).inc(usd)
+        self._child("llm_cache_savings_usd_total", up, model).inc(cost.savings_usd)
 
     def configured(self, rpm: int, tpm: int, concurrency: int) -> None:
         """Export the account's configured limits (0 = not configured, no series)."""
-        up, m = self.upstream, self.m
+        up = self.upstream
         for resource, value in zip(CONFIGURED_RESOURCES, (rpm, tpm, concurrency), strict=True):
             if value > 0:
-                m["llm_ratelimit_configured"].labels(up, resource).set(value)
+                self._child("llm_ratelimit_configured", up, resource).set(value)
         if concurrency > 0:
-            m["llm_upstream_concurrency_limit"].labels(up, "configured").set(concurrency)
+            self._child("llm_upstream_concurrency_limit", up, "configured").set(concurrency)
 
     def retirements(self, dates: dict[str, datetime]) -> None:
         for model, when in dates.items():
-            m = self.m["llm_model_retirement_timestamp_seconds"]
-            m.labels(model).set(when.timestamp())
+            self._child("llm_model_retirement_timestamp_seconds", model).set(when.timestamp())
 
     def balance(self, report: BalanceReport) -> None:
-        up, m = self.upstream, self.m
-        m["llm_account_available"].labels(up).set(1 if report.is_available else 0)
+        up = self.upstream
+        self._child("llm_account_available", up).set(1 if report.is_available else 0)
         for currency, amount in report.total_balance.items():
-            m["llm_account_balance"].labels(up, currency).set(amount)
+            self._child("llm_account_balance", up, currency).set(amount)
 
     def balance_failure(self, reason: str) -> None:
-        self.m["llm_sidecar_balance_poll_failures_total"].labels(self.upstream, reason).inc()
+        self._child("llm_sidecar_balance_poll_failures_total", self.upstream, reason).inc()
 
     def _timings(self, ex: Exchange, model: str) -> None:
-        up, route, m = self.upstream, ex.route, self.m
+        up, route = self.upstream, ex.route
         if ex.ttft_s is not None:
-            m["llm_time_to_first_token_seconds"].labels(up, route, model).observe(
+            self._child("llm_time_to_first_token_seconds", up, route, model).observe(
                 ex.ttft_s, {"request_id": ex.request_id[:64]}
             )
         if ex.time_per_output_token_s is not None:
-            m["llm_time_per_output_token_seconds"].labels(up, route, model).observe(
+            self._child("llm_time_per_output_token_seconds", up, route, model).observe(
                 ex.time_per_output_token_s
             )
         if ex.queue_s is not None:
-            m["llm_upstream_queue_seconds"].labels(up, route, model).observe(ex.queue_s)
+            self._child("llm_upstream_queue_seconds", up, route, model).observe(ex.queue_s)
 
     def _usage(self, ex: Exchange, model: str) -> None:
-        up, m = self.upstream, self.m
+        up = self.upstream
         usage = ex.usage
         if usage is None:
             if self._usage_expected(ex):
-                m["llm_usage_missing_total"].labels(up, ex.route, model).inc()
+                self._child("llm_usage_missing_total", up, ex.route, model).inc()
             return
         for kind in TOKEN_TYPES:
             value = getattr(usage, kind)
             if value:
-                m["llm_tokens_total"].labels(up, model, kind).inc(value)
+                self._child("llm_tokens_total", up, model, kind).inc(value)
         for kind in ("input", "output"):
             value = getattr(usage, kind)
             if value is not None:
-                m["llm_request_tokens"].labels(up, model, kind).observe(value)
+                self._child("llm_request_tokens", up, model, kind).observe(value)
 
     @staticmethod
     def _usage_expected(ex: Exchange) -> bool:
@@ -249,16 +260,16 @@ class Metrics:
         return ex.outcome in (Outcome.CLIENT_DISCONNECTED, Outcome.UPSTREAM_ABORTED)
 
     def _limits(self, ex: Exchange) -> None:
-        up, m, limits = self.upstream, self.m, ex.limits
+        up, limits = self.upstream, ex.limits
         if limits.retry_after_s is not None:
-            m["llm_retry_after_seconds"].labels(up).observe(limits.retry_after_s)
+            self._child("llm_retry_after_seconds", up).observe(limits.retry_after_s)
         if limits.reported_concurrency_limit is not None:
-            m["llm_upstream_concurrency_limit"].labels(up, "reported").set(
+            self._child("llm_upstream_concurrency_limit", up, "reported").set(
                 limits.reported_concurrency_limit
             )
         for resource, value in limits.limit.items():
-            m["llm_ratelimit_limit"].labels(up, resource).set(value)
+            self._child("llm_ratelimit_limit", up, resource).set(value)
         for resource, value in limits.remaining.items():
-            m["llm_ratelimit_remaining"].labels(up, resource).set(value)
+            self._child("llm_ratelimit_remaining", up, resource).set(value)
         for resource, value in limits.reset_s.items():
-            m["llm_ratelimit_reset_seconds"].labels(up, resource).set(value)
+            self._child("llm_ratelimit_reset_seconds", up, resource).set(value)

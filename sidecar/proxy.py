@@ -27,7 +27,7 @@ from sidecar.guard import ConcurrencyGuard, GuardRejected
 from sidecar.headers import client_response_headers, upstream_request_headers
 from sidecar.labels import route_of
 from sidecar.limits import observe_headers
-from sidecar.observe import MAX_JSON_BODY, Reader, reader_for
+from sidecar.observe import MAX_JSON_BODY, NullReader, Reader, observation_failed, reader_for
 from sidecar.settings import Settings
 from sidecar.upstream import Attempt, UpstreamFailure, send_with_retries
 
@@ -216,7 +216,10 @@ class Proxy:
         except ConnectionError:
             outcome = Outcome.CLIENT_DISCONNECTED
         if outcome is Outcome.COMPLETED:
-            reader.close(monotonic())
+            try:
+                reader.close(monotonic())
+            except Exception as exc:
+                observation_failed(ex, reader, exc)
             try:
                 await response.write_eof()
             except ConnectionError:
@@ -236,6 +239,7 @@ class Proxy:
     ) -> Outcome:
         """Relay until the upstream ends; the outcome says how it ended."""
         content = upstream.content
+        feed = reader.feed
         while True:
             try:
                 chunk = await content.readany()
@@ -246,4 +250,8 @@ class Proxy:
             if not chunk:
                 return Outcome.COMPLETED
             await response.write(chunk)
-            reader.feed(chunk, monotonic())
+            try:
+                feed(chunk, monotonic())
+            except Exception as exc:  # a reader bug stops observation, never the relay
+                observation_failed(ex, reader, exc)
+                feed = NullReader().feed

@@ -512,3 +512,25 @@ async def test_upstream_connections_are_pooled(
             await response.read()
     peers = {r.headers["X-Peer-Port"] for r in fake.received}
     assert len(peers) == 1, peers
+
+
+async def test_a_reader_bug_stops_observation_not_the_relay(
+    fake_upstream: Upstream,
+    sidecar: RunningSidecar,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sidecar.observe import StreamReader
+
+    def broken(self: StreamReader, event: object, now: float) -> None:
+        raise RuntimeError("observer bug")
+
+    monkeypatch.setattr(StreamReader, "_event", broken)
+    fake, _ = fake_upstream
+    fake.push(sse("deepseek-chat-stream.sse"))
+    async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
+        assert await response.read() == fixture("deepseek-chat-stream.sse")
+    (line,) = sidecar.exchanges()
+    assert line["outcome"] == "completed"
+    assert line["parse_error"] == "sse" and line["observer_error"] == "RuntimeError"
+    assert sidecar.value("llm_sidecar_parse_errors_total", upstream="deepseek", kind="sse") == 1
