@@ -30,7 +30,7 @@ from sidecar.logs import build_logger, log_exchange
 from sidecar.metrics import Metrics
 from sidecar.proxy import Proxy
 from sidecar.retry import RetryPolicy
-from sidecar.settings import Settings
+from sidecar.settings import Address, Settings, SettingsError
 from sidecar.upstream import Attempt
 
 READY = web.AppKey("ready", dict)
@@ -146,14 +146,22 @@ async def running(sidecar: Sidecar) -> AsyncIterator[tuple[web.ServerRunner, web
     await proxy_runner.setup()
     await admin_runner.setup()
     try:
-        await web.TCPSite(proxy_runner, s.listen.host, s.listen.port).start()
-        await web.TCPSite(admin_runner, s.admin_listen.host, s.admin_listen.port).start()
+        await _listen(proxy_runner, "--listen", s.listen)
+        await _listen(admin_runner, "--admin-listen", s.admin_listen)
         yield proxy_runner, admin_runner
     finally:
         sidecar.ready["ready"] = False
         await proxy_runner.cleanup()  # stops listening at once, then waits for in-flight
         await sidecar.close()
         await admin_runner.cleanup()
+
+
+async def _listen(runner: web.BaseRunner, flag: str, address: Address) -> None:
+    """Bind, turning "address in use" into a settings error (one line, exit 2)."""
+    try:
+        await web.TCPSite(runner, address.host, address.port).start()
+    except OSError as exc:
+        raise SettingsError(f"{flag}: cannot listen on {address} ({exc.strerror or exc})") from None
 
 
 def bound_port(runner: web.BaseRunner) -> int:

@@ -62,9 +62,14 @@ def main(argv: list[str]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        asyncio.run(serve(settings, catalogue))
+        run = asyncio.run
     else:
-        uvloop.run(serve(settings, catalogue))
+        run = uvloop.run
+    try:
+        run(serve(settings, catalogue))
+    except SettingsError as exc:  # e.g. the port is taken: nothing was started
+        print(f"deepseek-sidecar: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,16 @@ def test_check_config_prints_masked_effective_settings(tmp_path: Path) -> None:
     config.write_text("max_models = -1\n")
     result = run_cli("check-config", str(config))
     assert result.returncode == 2 and "max_models" in result.stderr and "-1" in result.stderr
+
+
+def test_a_taken_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("run", "--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"deepseek-sidecar: --listen: cannot listen on 127.0.0.1:{port}"
+    )
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
