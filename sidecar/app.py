@@ -64,7 +64,7 @@ class Sidecar:
             session_factory=self._session,
             on_started=lambda ex: self.metrics.started(ex.route),
             on_finished=self._finished,
-            attempt=Attempt(RetryPolicy(s.retry_max_attempts, s.retry_max_wait_s)),
+            attempt=Attempt(RetryPolicy(s.retry_max_attempts, s.retry_max_wait_s), log=self.logger),
             guard=guard,
         )
 

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import monotonic
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -43,6 +44,17 @@ class Attempt:
 
     policy: RetryPolicy
     rng: random.Random = field(default_factory=random.Random)
+    log: Any = None  # a structlog logger: one debug line per retry (no headers, no bodies)
+
+    def retrying(self, ex: Exchange, delay_s: float) -> None:
+        if self.log is not None:
+            self.log.debug(
+                "upstream_retry",
+                request_id=ex.request_id,
+                attempt=ex.attempts,
+                code=ex.attempt_codes[-1],
+                wait_s=round(delay_s, 3),
+            )
 
 
 async def _read_error_body(ex: Exchange, response: aiohttp.ClientResponse) -> None:
@@ -99,6 +111,7 @@ async def send_with_retries(
                 return response
             await _read_error_body(ex, response)
             response.close()
+            attempt.retrying(ex, delay)
             waited_s += delay
             await asyncio.sleep(delay)
             continue
@@ -109,6 +122,7 @@ async def send_with_retries(
         )
         if delay is None:
             raise failure
+        attempt.retrying(ex, delay)
         waited_s += delay
         await asyncio.sleep(delay)
 

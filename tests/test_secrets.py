@@ -42,6 +42,7 @@ async def drive_every_path(sidecar: RunningSidecar, fake: FakeUpstream) -> None:
     fake.push(
         answer(),
         json_reply(fixture("deepseek-error-429.json"), status=429),
+        json_reply(fixture("deepseek-error-429.json"), status=429),  # the retry's answer
         Reply(
             headers={"Content-Type": "text/event-stream"}, steps=[STREAM[:60], Pause(0.05), ABORT]
         ),
@@ -80,15 +81,23 @@ async def test_keys_prompts_and_answers_never_appear(
     log_format: str, fake_upstream: tuple[FakeUpstream, str], start_sidecar: SidecarFactory
 ) -> None:
     fake, url = fake_upstream
-    sidecar = await start_sidecar(url, api_key=INJECTED_KEY, log_format=log_format)
+    sidecar = await start_sidecar(
+        url,
+        api_key=INJECTED_KEY,
+        log_format=log_format,
+        retry_max_attempts=2,
+        retry_max_wait_s=0.2,
+    )
     if log_format == "console":
         from sidecar.logs import build_logger
 
         sidecar.sidecar.logger = build_logger("debug", "console", sidecar.log)
+        sidecar.sidecar.proxy._attempt.log = sidecar.sidecar.logger
     await drive_every_path(sidecar, fake)
     logs = sidecar.log.getvalue().decode()
     metrics = await sidecar.scrape() + await sidecar.scrape("application/openmetrics-text")
     assert logs.count("exchange") >= 5, logs
+    assert "upstream_retry" in logs  # debug lines were written, and checked too
     for secret in (KEY, ANTHROPIC_KEY, INJECTED_KEY, PROMPT_MARKER, ANSWER_MARKER, "Bearer"):
         assert secret not in logs, secret
         assert secret not in metrics, secret
