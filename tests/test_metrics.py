@@ -81,6 +81,8 @@ REFERENCING = [
     *sorted((ROOT / "docs").glob("*.md")),
     ROOT / "deploy" / "prometheus" / "rules.yml",
     ROOT / "deploy" / "prometheus" / "rules.test.yml",
+    *sorted((ROOT / "dashboards").glob("*.json")),
+    *sorted((ROOT / "deploy" / "k8s").glob("*.yaml")),
     *sorted((ROOT / "sidecar" / "console").glob("*.py")),
 ]
 

@@ -12,6 +12,7 @@ from time import monotonic
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.conftest import RunningSidecar, SidecarFactory, require_binary
@@ -19,7 +20,37 @@ from tests.fake_upstream import FakeUpstream, sse
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
+DASHBOARD = ROOT / "dashboards" / "deepseek-sidecar.json"
 PROMQL_BLOCK = re.compile(r"```promql\n(.*?)```", re.S)
+# What Grafana substitutes before a query reaches Prometheus ("All" selected).
+GRAFANA_VARIABLES = {"$upstream": ".*", "$model": ".*", "$__rate_interval": "1m"}
+
+
+def dashboard_queries() -> list[str]:
+    panels = orjson.loads(DASHBOARD.read_bytes())["panels"]
+    queries = []
+    for panel in panels:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append(expr)
+    return queries
+
+
+def test_dashboard_layout_is_well_formed() -> None:
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "upstream", "model"}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["targets"], panel["title"]
+    assert len(dashboard_queries()) >= 20
 
 
 def test_promtool_checks_the_rules() -> None:
@@ -121,6 +152,9 @@ async def test_prometheus_scrapes_the_sidecar_and_runs_every_documented_query(
     assert hits["value"][1] == str(3 * 1152)
     (ratio,) = await eventually(prometheus, "upstream:llm_concurrency_utilisation:ratio")
     assert ratio["metric"]["upstream"] == "deepseek" and ratio["value"][1] == "0"
-    for expr in PROMQL_BLOCK.findall((ROOT / "docs" / "capacity-planning.md").read_text()):
+    documented = PROMQL_BLOCK.findall((ROOT / "docs" / "capacity-planning.md").read_text())
+    for expr in documented + dashboard_queries():
         result = await query(prometheus, expr)
         assert result["status"] == "success", (expr, result)
+    (in_flight,) = await eventually(prometheus, dashboard_queries()[2])  # the "In flight" stat
+    assert in_flight["value"][1] == "0"
