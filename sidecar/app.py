@@ -88,7 +88,7 @@ class Sidecar:
             total=None, connect=s.connect_timeout_s, sock_read=s.idle_timeout_s
         )
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
+            connector=aiohttp.TCPConnector(limit=0),  # no pool cap: the guard is the cap
             timeout=timeout,
             auto_decompress=False,  # relay compressed bytes untouched
             cookie_jar=aiohttp.DummyCookieJar(),  # never share one client's cookies with another

@@ -58,8 +58,7 @@ def upstream_request_headers(
         lower = name.lower()
         if lower not in drop and lower not in _REPLACED:
             out.add(name, value)
-    if "x-request-id" not in out:
-        out["x-request-id"] = request_id
+    out["x-request-id"] = request_id  # the client's own id when usable: the one we log
     forwarded_for = ", ".join(incoming.getall("X-Forwarded-For", ()))
     if peer:
         forwarded_for = f"{forwarded_for}, {peer}" if forwarded_for else peer

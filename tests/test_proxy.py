@@ -534,3 +534,14 @@ async def test_a_reader_bug_stops_observation_not_the_relay(
     assert line["outcome"] == "completed"
     assert line["parse_error"] == "sse" and line["observer_error"] == "RuntimeError"
     assert sidecar.value("llm_sidecar_parse_errors_total", upstream="deepseek", kind="sse") == 1
+
+
+async def test_an_unusable_request_id_is_replaced_consistently(
+    fake_upstream: Upstream, sidecar: RunningSidecar, client: aiohttp.ClientSession
+) -> None:
+    fake, _ = fake_upstream
+    async with client.get(sidecar.url + "/models", headers={"x-request-id": "x" * 300}) as r:
+        returned = r.headers["x-request-id"]
+    assert len(returned) == 32
+    assert fake.received[0].headers.getall("x-request-id") == [returned]
+    assert sidecar.exchanges()[0]["request_id"] == returned
