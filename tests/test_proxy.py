@@ -210,9 +210,9 @@ async def test_keepalives_reset_the_idle_timer_but_silence_breaks_the_stream(
     fake_upstream: Upstream, start_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
     fake, url = fake_upstream
-    sidecar = await start_sidecar(url, idle_timeout_s=0.4)
+    sidecar = await start_sidecar(url, idle_timeout_s=0.6)
     keepalives: list[bytes | Pause] = []
-    for _ in range(4):  # 4 x 0.2 s of keep-alives: longer than the idle timeout in total
+    for _ in range(5):  # 5 x 0.2 s of keep-alives: longer than the idle timeout in total
         keepalives += [b": keep-alive\n\n", Pause(0.2)]
     steps = [*keepalives, b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', Pause(5)]
     fake.push(Reply(headers={"Content-Type": "text/event-stream"}, steps=steps))
@@ -222,7 +222,7 @@ async def test_keepalives_reset_the_idle_timer_but_silence_breaks_the_stream(
             await response.read()
     (line,) = sidecar.exchanges()
     assert line["outcome"] == "upstream_timeout"
-    assert line["queue_s"] >= 0.6
+    assert line["queue_s"] >= 0.9  # five 0.2 s keep-alive gaps, each shorter than the timeout
     assert (
         sidecar.value(
             "llm_usage_missing_total",
