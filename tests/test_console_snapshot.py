@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sidecar.console.snapshot import Scrape, compute, merge, parse, quantile
+from sidecar.console.snapshot import ModelRow, Scrape, View, compute, merge, parse, quantile
 from sidecar.console.view import render_text
 
 BEFORE = """
@@ -131,3 +131,40 @@ def test_plain_frame_shows_numbers_and_dashes() -> None:
 def test_empty_metrics() -> None:
     text = render_text(compute(None, Scrape(at=0.0, samples={})), "t")
     assert "no traffic yet" in text and "limit unknown" in text
+
+
+def test_the_frame_fits_an_80_column_terminal() -> None:
+    view = View(
+        window_s=1.0,
+        in_flight=9,
+        limit=12,
+        limit_source="configured",
+        requests=40,
+        rate_limited=3,
+        spend_total=0.0036,
+        savings_total=0.0079,
+        rows=[
+            ModelRow(
+                "deepseek-reasoner",
+                40,
+                123.4,
+                98765,
+                3,
+                0.75,
+                0.975,
+                0.375,
+                1.95,
+                0.92,
+                2.1234,
+                4.5678,
+            ),
+        ],
+    )
+    narrow = render_text(view, "deepseek-sidecar demo  http://127.0.0.1:48321/metrics", width=80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert "…" not in narrow  # nothing cut off: columns give way instead
+    for shown in ("deepseek-reasoner", "123.4", "975ms", "1.95s", "92%", "$2.1234"):
+        assert shown in narrow, shown
+    wide = render_text(view, "t", width=150)
+    for shown in ("98765", "750ms", "375ms", "$4.5678"):
+        assert shown in wide and shown not in narrow, shown

@@ -7,13 +7,14 @@ a pipe, so what a test reads is exactly what a person sees, minus colour.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from sidecar.console.snapshot import View
+from sidecar.console.snapshot import ModelRow, View
 
 DASH = "\u2013"  # en dash: "not known", distinct from a real zero
 BAR_WIDTH = 30
@@ -51,50 +52,75 @@ def saturation_bar(in_flight: float, limit: float | None) -> Text:
     return bar
 
 
-def header(view: View, title: str) -> Text:
+def header(view: View, title: str, width: int) -> Text:
+    """Title, totals and the saturation bar; the totals move to their own lines when narrow."""
+    wide = width >= 120
     text = Text(title, style="bold")
     window = DASH if view.window_s is None else f"{view.window_s:.1f}s"
-    text.append(f"   window {window}   requests {view.requests:.0f}")
+    text.append("   " if wide else "\n")
+    text.append(f"window {window}   requests {view.requests:.0f}")
     text.append(f"   429s {view.rate_limited:.0f}", style="red" if view.rate_limited else "")
-    text.append(f"   spend {money(view.spend_total)}   cache savings {money(view.savings_total)}")
+    text.append("   " if wide else "\n")
+    text.append(f"spend {money(view.spend_total)}   cache savings {money(view.savings_total)}")
     text.append("\nconcurrency ")
     text.append_text(saturation_bar(view.in_flight, view.limit))
-    text.append(f"  limit source: {view.limit_source}")
+    text.append("  " if wide else "\n")
+    text.append(f"limit source: {view.limit_source}")
     return text
 
 
-def table(view: View) -> Table:
-    t = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD)
-    columns = (
-        "model", "req/min", "tok/min", "429s", "ttft p50", "ttft p95",
-        "queue p50", "queue p95", "cache hit", "spend/h", "saved/h",
-    )  # fmt: skip
-    for i, name in enumerate(columns):
+Cell = Callable[[ModelRow], str]
+# (heading, cell, the narrowest terminal that still shows the column)
+COLUMNS: tuple[tuple[str, Cell, int], ...] = (
+    ("model", lambda r: r.model, 0),
+    ("req/min", lambda r: fmt(r.requests_per_min), 0),
+    ("tok/min", lambda r: fmt(r.tokens_per_min, ".0f"), 96),
+    ("429s", lambda r: f"{r.rate_limited:.0f}", 0),
+    ("ttft p50", lambda r: seconds(r.ttft_p50), 128),
+    ("ttft p95", lambda r: seconds(r.ttft_p95), 0),
+    ("queue p50", lambda r: seconds(r.queue_p50), 128),
+    ("queue p95", lambda r: seconds(r.queue_p95), 0),
+    ("cache hit", lambda r: percent(r.cache_hit_ratio), 0),
+    ("spend/h", lambda r: money(r.spend_per_hour), 0),
+    ("saved/h", lambda r: money(r.savings_per_hour), 128),
+)
+
+
+def table(view: View, width: int) -> Table:
+    """One row per model; less important columns give way on narrow terminals (80 columns)."""
+    shown = [(name, cell) for name, cell, narrowest in COLUMNS if width >= narrowest]
+    t = Table(
+        expand=False,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for i, (name, _) in enumerate(shown):
         t.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     for row in view.rows:
-        t.add_row(
-            row.model,
-            fmt(row.requests_per_min),
-            fmt(row.tokens_per_min, ".0f"),
-            f"{row.rate_limited:.0f}",
-            seconds(row.ttft_p50),
-            seconds(row.ttft_p95),
-            seconds(row.queue_p50),
-            seconds(row.queue_p95),
-            percent(row.cache_hit_ratio),
-            money(row.spend_per_hour),
-            money(row.savings_per_hour),
-        )
+        t.add_row(*(cell(row) for _, cell in shown))
     if not view.rows:
-        t.add_row("(no traffic yet)", *[DASH] * (len(columns) - 1))
+        t.add_row("(no traffic yet)", *[DASH] * (len(shown) - 1))
     return t
 
 
+class Frame:
+    """The whole view, laid out for the width rich gives it (terminal or text buffer)."""
+
+    def __init__(self, view: View, title: str, footer: str = "") -> None:
+        self.view, self.title, self.footer = view, title, footer
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        yield header(self.view, self.title, width)
+        yield table(self.view, width)
+        if self.footer:
+            yield Text(self.footer, style="dim")
+
+
 def render(view: View, title: str, footer: str = "") -> RenderableType:
-    parts: list[RenderableType] = [header(view, title), table(view)]
-    if footer:
-        parts.append(Text(footer, style="dim"))
-    return Group(*parts)
+    return Frame(view, title, footer)
 
 
 def render_text(view: View, title: str, footer: str = "", width: int = 150) -> str:
