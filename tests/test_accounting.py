@@ -61,8 +61,8 @@ async def test_every_exchange_and_token_is_counted_exactly_once(
     start_sidecar: SidecarFactory,
 ) -> None:
     scenario = fast_scenario(
-        abort_rate=0.1,
-        error_503_rate=0.05,
+        abort_rate=0.15,
+        error_503_rate=0.1,
         soft_capacity=10,
         initial_balance_usd=1000,
         decode_s_per_token=0.002,
