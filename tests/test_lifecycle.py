@@ -36,33 +36,26 @@ class Process:
                 return line
 
 
-@pytest.fixture
-async def sidecar_process(fake_upstream: tuple[FakeUpstream, str]) -> AsyncIterator[Process]:
-    _, url = fake_upstream
+async def start_process(url: str, shutdown_timeout_s: float) -> Process:
+    argv = ["run", "--upstream", url, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sidecar",
-        "run",
-        "--upstream",
-        url,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--shutdown-timeout",
-        "5",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+        sys.executable, "-m", "sidecar", *argv, "--shutdown-timeout", str(shutdown_timeout_s),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     process = Process(proc, "", "", [])
     startup = await process.next_line("startup")
     process.proxy = f"http://127.0.0.1:{startup['proxy_port']}"
     process.admin = f"http://127.0.0.1:{startup['admin_port']}"
+    return process
+
+
+@pytest.fixture
+async def sidecar_process(fake_upstream: tuple[FakeUpstream, str]) -> AsyncIterator[Process]:
+    process = await start_process(fake_upstream[1], shutdown_timeout_s=5)
     yield process
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+    if process.proc.returncode is None:
+        process.proc.kill()
+        await process.proc.wait()
 
 
 async def test_startup_line_masks_secrets_and_admin_answers(sidecar_process: Process) -> None:
@@ -112,3 +105,21 @@ async def test_sigint_with_nothing_in_flight_exits_zero_quickly(sidecar_process:
     assert await asyncio.wait_for(sidecar_process.proc.wait(), 5) == 0
     assert sidecar_process.proc.stderr is not None
     assert b"Traceback" not in await sidecar_process.proc.stderr.read()
+
+
+async def test_streams_longer_than_the_shutdown_timeout_are_cut_not_ended(
+    fake_upstream: tuple[FakeUpstream, str],
+) -> None:
+    fake, url = fake_upstream
+    process = await start_process(url, shutdown_timeout_s=1)
+    first = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    steps = [first, Gate(asyncio.Event())]
+    fake.push(Reply(headers={"Content-Type": "text/event-stream"}, steps=steps))
+    async with aiohttp.ClientSession() as client:
+        response = await client.post(process.proxy + "/chat/completions", data=CHAT)
+        assert await response.content.readexactly(len(first)) == first
+        process.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(aiohttp.ClientPayloadError):  # broken, never a clean end
+            await response.read()
+        response.close()
+    assert await asyncio.wait_for(process.proc.wait(), 10) == 0
