@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -32,6 +33,13 @@ def require_binary(name: str) -> str:
     return path
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): an unreachable upstream."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class RunningSidecar:
     sidecar: Sidecar
@@ -46,6 +54,12 @@ class RunningSidecar:
     def value(self, name: str, **labels: str) -> float:
         """A sample's value (0.0 when the series does not exist)."""
         return self.registry.get_sample_value(name, labels) or 0.0
+
+    def attempts(self, code: str, route: str = "chat_completions") -> float:
+        """``llm_upstream_attempts_total`` for the default upstream."""
+        return self.value(
+            "llm_upstream_attempts_total", upstream="deepseek", route=route, code=code
+        )
 
     def requests(self, **labels: str) -> float:
         """``llm_requests_total`` for the default upstream; ``labels`` name the rest."""

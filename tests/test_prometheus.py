@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import RunningSidecar, SidecarFactory, require_binary
+from tests.conftest import RunningSidecar, SidecarFactory, closed_port, require_binary
 from tests.fake_upstream import FakeUpstream, sse
 
 ROOT = Path(__file__).parent.parent
@@ -72,12 +71,6 @@ def test_promtool_rule_unit_tests_pass() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def sidecar_with_limits(
     fake_upstream: tuple[FakeUpstream, str], start_sidecar: SidecarFactory
@@ -98,7 +91,7 @@ async def prometheus(sidecar_with_limits: RunningSidecar, tmp_path: Path) -> Asy
         "scrape_configs:\n"
         f"  - job_name: sidecar\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    port = free_port()
+    port = closed_port()  # free now; Prometheus binds it next
     proc = await asyncio.create_subprocess_exec(
         binary,
         f"--config.file={config}",

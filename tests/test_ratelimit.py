@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from time import monotonic
@@ -13,7 +12,7 @@ import orjson
 import pytest
 
 from sidecar.catalogue import Catalogue
-from tests.conftest import RunningSidecar, SidecarFactory
+from tests.conftest import RunningSidecar, SidecarFactory, closed_port
 from tests.fake_upstream import ABORT, FakeUpstream, Gate, Pause, Reply, fixture, json_reply
 
 Upstream = tuple[FakeUpstream, str]
@@ -114,10 +113,9 @@ async def test_retry_honours_retry_after_and_replays_the_body(
     assert [r.body for r in fake.received] == [body] * 3
     (line,) = sidecar.exchanges()
     assert line["attempts"] == 3 and line["outcome"] == "completed"
-    attempts = {"route": "chat_completions", **UP}
-    assert sidecar.value("llm_upstream_attempts_total", code="429", **attempts) == 1
-    assert sidecar.value("llm_upstream_attempts_total", code="503", **attempts) == 1
-    assert sidecar.value("llm_upstream_attempts_total", code="200", **attempts) == 1
+    assert sidecar.attempts("429") == 1
+    assert sidecar.attempts("503") == 1
+    assert sidecar.attempts("200") == 1
     assert (
         sidecar.requests(
             route="chat_completions",
@@ -178,9 +176,7 @@ async def test_retry_can_be_turned_off_per_request(
 async def test_connect_errors_are_retried_then_502(
     start_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()
     sidecar = await start_sidecar(
         f"http://127.0.0.1:{port}", retry_max_attempts=3, retry_max_wait_s=0.5
     )
@@ -188,10 +184,7 @@ async def test_connect_errors_are_retried_then_502(
         assert response.status == 502
     (line,) = sidecar.exchanges()
     assert line["attempts"] == 3 and line["outcome"] == "upstream_unreachable"
-    assert (
-        sidecar.value("llm_upstream_attempts_total", route="chat_completions", code="error", **UP)
-        == 3
-    )
+    assert sidecar.attempts("error") == 3
 
 
 async def test_without_retries_a_429_is_one_attempt(
@@ -202,10 +195,7 @@ async def test_without_retries_a_429_is_one_attempt(
     async with client.post(sidecar.url + "/chat/completions", data=CHAT) as response:
         assert response.status == 429
     assert len(fake.received) == 1
-    assert (
-        sidecar.value("llm_upstream_attempts_total", route="chat_completions", code="429", **UP)
-        == 1
-    )
+    assert sidecar.attempts("429") == 1
 
 
 # --- cost, retirements, configured limits --------------------------------------------------

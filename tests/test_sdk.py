@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import openai
 import pytest
 
-from tests.conftest import RunningSidecar, SidecarFactory
+from tests.conftest import RunningSidecar, SidecarFactory, closed_port
 from tests.fake_upstream import FakeUpstream, fixture, json_reply, sse
 
 Upstream = tuple[FakeUpstream, str]
@@ -105,10 +104,8 @@ async def test_rate_limit_error_reaches_the_sdk_unchanged(
 
 
 async def test_sidecar_errors_surface_as_sdk_errors(start_sidecar: SidecarFactory) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    sidecar = await start_sidecar(f"http://127.0.0.1:{closed_port}")
+    port = closed_port()
+    sidecar = await start_sidecar(f"http://127.0.0.1:{port}")
     client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="sk-test", max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:
         await client.chat.completions.create(model="deepseek-flash", messages=MESSAGES)  # type: ignore[arg-type]
