@@ -10,9 +10,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, str] = {
-    "run": "sidecar.cli_run",
-    "check-config": "sidecar.cli_run",
-    "simulate": "sidecar.simulator.cli",
+    "run": "sidecar.cli.run",
+    "check-config": "sidecar.cli.run",
+    "simulate": "sidecar.cli.simulate",
     "demo": "sidecar.console.demo",
     "top": "sidecar.console.top",
 }

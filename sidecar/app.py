@@ -19,19 +19,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from sidecar.balance import BalancePoller
-from sidecar.catalogue import Catalogue
-from sidecar.cost import price_exchange
-from sidecar.errors import EnvelopeServer
+from sidecar.accounting.balance import BalancePoller
+from sidecar.accounting.catalogue import Catalogue
+from sidecar.accounting.cost import price_exchange
+from sidecar.admission.guard import ConcurrencyGuard
+from sidecar.admission.retry import RetryPolicy
 from sidecar.exchange import Exchange
-from sidecar.guard import ConcurrencyGuard
-from sidecar.labels import ModelLabels
-from sidecar.logs import build_logger, log_exchange
-from sidecar.metrics import Metrics
-from sidecar.proxy import Proxy
-from sidecar.retry import RetryPolicy
+from sidecar.relay.errors import EnvelopeServer
+from sidecar.relay.proxy import Proxy
+from sidecar.relay.upstream import Attempt
 from sidecar.settings import Address, Settings, SettingsError
-from sidecar.upstream import Attempt
+from sidecar.telemetry.labels import ModelLabels
+from sidecar.telemetry.logs import build_logger, log_exchange
+from sidecar.telemetry.metrics import Metrics
 
 READY = web.AppKey("ready", dict)
 

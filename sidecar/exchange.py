@@ -10,10 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sidecar.cost import Cost
 
 
 class Outcome(StrEnum):
@@ -37,6 +33,20 @@ class Usage:
     cache_miss: int | None = None
     reasoning: int | None = None
     cache_write: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Estimated USD spend of one exchange, split as ``llm_cost_usd_total`` is labelled."""
+
+    cache_hit_usd: float
+    cache_miss_usd: float
+    output_usd: float
+    savings_usd: float  # what the cache hits saved versus paying the cache-miss price
+
+    @property
+    def total(self) -> float:
+        return self.cache_hit_usd + self.cache_miss_usd + self.output_usd
 
 
 @dataclass(slots=True)

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, bound_port, running
-from sidecar.logs import build_logger
 from sidecar.settings import Address, Settings
+from sidecar.telemetry.logs import build_logger
 from tests.fake_upstream import FakeUpstream
 
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.balance import BalancePoller, BalanceReport, parse_balance
+from sidecar.accounting.balance import BalancePoller, BalanceReport, parse_balance
 
 GOOD = (
     b'{"is_available":true,"balance_infos":[{"currency":"CNY","total_balance":"110.00",'

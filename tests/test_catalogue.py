@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.catalogue import Catalogue, CatalogueError, Prices
+from sidecar.accounting.catalogue import Catalogue, CatalogueError, Prices
 
 
 def at(text: str) -> datetime:

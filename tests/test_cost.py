@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from sidecar.catalogue import Catalogue, Prices
-from sidecar.cost import Cost, cost_of
-from sidecar.exchange import Usage
+from sidecar.accounting.catalogue import Catalogue, Prices
+from sidecar.accounting.cost import cost_of
+from sidecar.exchange import Cost, Usage
 
 CATALOGUE = Catalogue.builtin()
 USAGE = Usage(input=1000, output=500, cache_hit=128, cache_miss=872, reasoning=200)

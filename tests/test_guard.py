@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sidecar.guard import ConcurrencyGuard, GuardRejected
+from sidecar.admission.guard import ConcurrencyGuard, GuardRejected
 
 
 async def settle() -> None:

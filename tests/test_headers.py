@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.headers import HOP_BY_HOP, client_response_headers, upstream_request_headers
+from sidecar.relay.headers import HOP_BY_HOP, client_response_headers, upstream_request_headers
 
 
 def proxy(**headers: str) -> CIMultiDictProxy[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.labels import ROUTES, ModelLabels, route_of
+from sidecar.telemetry.labels import ROUTES, ModelLabels, route_of
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sidecar.exchange import Exchange
-from sidecar.limits import observe_headers, parse_duration
+from sidecar.observe.limits import observe_headers, parse_duration
 
 
 @pytest.mark.parametrize(

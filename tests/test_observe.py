@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sidecar.exchange import Exchange, Usage
-from sidecar.observe import carries_content, reader_for
+from sidecar.observe.readers import carries_content, reader_for
 from tests.fake_upstream import fixture
 
 

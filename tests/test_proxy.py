@@ -509,7 +509,7 @@ async def test_a_reader_bug_stops_observation_not_the_relay(
     client: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sidecar.observe import StreamReader
+    from sidecar.observe.readers import StreamReader
 
     def broken(self: StreamReader, event: object, now: float) -> None:
         raise RuntimeError("observer bug")

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from sidecar.catalogue import Catalogue
+from sidecar.accounting.catalogue import Catalogue
 from tests.conftest import RunningSidecar, SidecarFactory, closed_port
 from tests.fake_upstream import ABORT, FakeUpstream, Gate, Pause, Reply, fixture, json_reply
 
@@ -244,7 +244,7 @@ async def test_cost_and_savings_are_exact_and_keep_the_alias_label(
 
 
 async def test_builtin_prices_follow_the_window_in_force_at_the_start() -> None:
-    from sidecar.cost import price_exchange
+    from sidecar.accounting.cost import price_exchange
     from sidecar.exchange import Exchange, Usage
 
     catalogue = Catalogue.builtin()

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.retry import RetryPolicy, is_retryable_status, parse_retry_after
+from sidecar.admission.retry import RetryPolicy, is_retryable_status
+from sidecar.observe.limits import parse_retry_after
 
 NOW = datetime(2026, 11, 30, 3, 0, 0, tzinfo=UTC)
 

@@ -89,7 +89,7 @@ async def test_keys_prompts_and_answers_never_appear(
         retry_max_wait_s=0.2,
     )
     if log_format == "console":
-        from sidecar.logs import build_logger
+        from sidecar.telemetry.logs import build_logger
 
         sidecar.sidecar.logger = build_logger("debug", "console", sidecar.log)
         sidecar.sidecar.proxy._attempt.log = sidecar.sidecar.logger

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cli_run import settings_from
+from sidecar.cli.run import settings_from
 from sidecar.settings import Address, Settings, SettingsError
 
 

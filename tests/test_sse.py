@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.sse import SSEDecoder, SSEEvent
+from sidecar.observe.sse import SSEDecoder, SSEEvent
 from tests.fake_upstream import FIXTURES
 
 

@@ -3,7 +3,7 @@
 Pure data, no I/O beyond reading the TOML file. Prices are kept as ``Decimal`` so that a price
 written as ``0.003`` is exactly 0.003 USD per 1M tokens; floats appear only when a cost is
 finally reported. The format is documented in ``docs/catalogue.md``; the built-in file is
-``sidecar/catalogue.toml``.
+``sidecar/accounting/catalogue.toml``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sidecar.prices import US_PER_SECOND, Model, Prices, PriceWindow, Schedule
+from sidecar.accounting.prices import US_PER_SECOND, Model, Prices, PriceWindow, Schedule
 
 __all__ = [
     "Catalogue",
@@ -48,7 +48,7 @@ class Catalogue:
     @classmethod
     def builtin(cls) -> Catalogue:
         """The catalogue shipped with the sidecar (current and historic DeepSeek prices)."""
-        source = resources.files("sidecar").joinpath("catalogue.toml")
+        source = resources.files("sidecar.accounting").joinpath("catalogue.toml")
         return cls.from_toml(source.read_text(encoding="utf-8"), source="catalogue.toml (built-in)")
 
     @classmethod

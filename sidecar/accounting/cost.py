@@ -7,26 +7,10 @@ figure rather than an accumulation of binary rounding errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sidecar.accounting.catalogue import Catalogue, Prices
+from sidecar.exchange import Cost, Exchange, Usage
 
-from sidecar.catalogue import Catalogue, Prices
-from sidecar.exchange import Exchange, Usage
-
-__all__ = ["Cost", "cost_of", "price_exchange"]
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """Estimated USD spend of one exchange, split as ``llm_cost_usd_total`` is labelled."""
-
-    cache_hit_usd: float
-    cache_miss_usd: float
-    output_usd: float
-    savings_usd: float  # what the cache hits saved versus paying the cache-miss price
-
-    @property
-    def total(self) -> float:
-        return self.cache_hit_usd + self.cache_miss_usd + self.output_usd
+__all__ = ["cost_of", "price_exchange"]
 
 
 def cost_of(usage: Usage, prices: Prices) -> Cost:

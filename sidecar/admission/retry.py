@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
-__all__ = ["RetryPolicy", "is_retryable_status", "parse_retry_after"]
+__all__ = ["RetryPolicy", "is_retryable_status"]
 
 # 429: rate or concurrency limit; 503: server overloaded (DeepSeek error codes). Other 5xx may
 # have done work upstream, and 4xx will fail the same way again.
@@ -69,39 +66,3 @@ class RetryPolicy:
         exponent = min(attempt - 1, 64)
         ceiling_s = min(self.cap_s, self.base_s * 2.0**exponent, left_s)
         return max(rng.uniform(0.0, ceiling_s), floor_s)
-
-
-def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
-    """Seconds the upstream asks us to wait, or None if it did not say (or said nonsense).
-
-    Reads ``retry-after-ms`` (float milliseconds, an OpenAI extension) first, then
-    ``retry-after`` as delta-seconds (floats tolerated) or an HTTP-date relative to ``now``
-    (RFC 9110 §10.2.3). Past dates and negative values mean "now" (0).
-    """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    millis = _finite(lowered.get("retry-after-ms"))
-    if millis is not None:
-        return max(millis / 1000.0, 0.0)
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    seconds = _finite(raw)
-    if seconds is not None:
-        return max(seconds, 0.0)
-    try:
-        when = parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" zone: RFC 5322 says UTC with unknown origin
-        when = when.replace(tzinfo=UTC)
-    return max((when - now).total_seconds(), 0.0)
-
-
-def _finite(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.catalogue import Catalogue, CatalogueError
+from sidecar.accounting.catalogue import Catalogue, CatalogueError
 from sidecar.settings import OPTIONS, Settings, SettingsError, load
 
 EXIT_SETTINGS = 2

@@ -7,12 +7,13 @@ and compatible gateways send ``x-ratelimit-*`` with Go-style reset durations (``
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 from sidecar.exchange import Exchange
-from sidecar.retry import parse_retry_after
 
 RESOURCES = ("requests", "tokens")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
@@ -60,3 +61,39 @@ def observe_headers(ex: Exchange, headers: Mapping[str, str], now: datetime) -> 
         reset_s = parse_duration(reset) if reset is not None else None
         if reset_s is not None:
             ex.limits.reset_s[resource] = reset_s
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
+    """Seconds the upstream asks us to wait, or None if it did not say (or said nonsense).
+
+    Reads ``retry-after-ms`` (float milliseconds, an OpenAI extension) first, then
+    ``retry-after`` as delta-seconds (floats tolerated) or an HTTP-date relative to ``now``
+    (RFC 9110 §10.2.3). Past dates and negative values mean "now" (0).
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    millis = _finite(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return max(millis / 1000.0, 0.0)
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _finite(raw)
+    if seconds is not None:
+        return max(seconds, 0.0)
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" zone: RFC 5322 says UTC with unknown origin
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+def _finite(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

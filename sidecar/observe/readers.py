@@ -14,8 +14,8 @@ from typing import Protocol
 import orjson
 
 from sidecar.exchange import Exchange
-from sidecar.sse import SSEDecoder, SSEEvent
-from sidecar.usage import find_model, find_usage, from_anthropic, from_openai, merge_max
+from sidecar.observe.sse import SSEDecoder, SSEEvent
+from sidecar.observe.usage import find_model, find_usage, from_anthropic, from_openai, merge_max
 
 MAX_JSON_BODY = 16 << 20  # a 384K-token answer is ~1.5 MiB of JSON; 16 MiB is ample headroom
 WHITESPACE = b" \t\r\n"

@@ -21,15 +21,21 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.errors import SidecarError, error_response
+from sidecar.admission.guard import ConcurrencyGuard, GuardRejected
 from sidecar.exchange import Exchange, Outcome
-from sidecar.guard import ConcurrencyGuard, GuardRejected
-from sidecar.headers import client_response_headers, upstream_request_headers
-from sidecar.labels import route_of
-from sidecar.limits import observe_headers
-from sidecar.observe import MAX_JSON_BODY, NullReader, Reader, observation_failed, reader_for
+from sidecar.observe.limits import observe_headers
+from sidecar.observe.readers import (
+    MAX_JSON_BODY,
+    NullReader,
+    Reader,
+    observation_failed,
+    reader_for,
+)
+from sidecar.relay.errors import SidecarError, error_response
+from sidecar.relay.headers import client_response_headers, upstream_request_headers
+from sidecar.relay.upstream import Attempt, UpstreamFailure, send_with_retries
 from sidecar.settings import Settings
-from sidecar.upstream import Attempt, UpstreamFailure, send_with_retries
+from sidecar.telemetry.labels import route_of
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, bounded: it is logged
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')

@@ -19,11 +19,11 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.errors import SidecarError, error_response
+from sidecar.admission.retry import RetryPolicy, is_retryable_status
 from sidecar.exchange import Exchange, Outcome
-from sidecar.limits import observe_headers
-from sidecar.observe import CONCURRENCY_429
-from sidecar.retry import RetryPolicy, is_retryable_status
+from sidecar.observe.limits import observe_headers
+from sidecar.observe.readers import CONCURRENCY_429
+from sidecar.relay.errors import SidecarError, error_response
 
 _ERROR_BODY_CAP = 64 << 10  # a 429/503 envelope is a few hundred bytes
 

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar import __version__
 from sidecar.exchange import Exchange, Outcome
-from sidecar.labels import ROUTES, USAGE_ROUTES, ModelLabels
+from sidecar.telemetry.labels import ROUTES, USAGE_ROUTES, ModelLabels
 
 if TYPE_CHECKING:
-    from sidecar.balance import BalanceReport
+    from sidecar.accounting.balance import BalanceReport
 
 # Buckets cover LLM reality: DeepSeek may queue a request 10 minutes and run 30.
 # fmt: off

@@ -1,0 +1,1 @@
+"""Command modules: each parses its own arguments and exposes ``main(argv) -> int``."""
