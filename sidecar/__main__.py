@@ -1,4 +1,4 @@
-"""Command line: ``deepseek-sidecar [run|simulate|demo|top|check-config] ...``.
+"""Command line: ``deepseek-sidecar [run|simulate|demo|top|check-config|loadgen|inject] ...``.
 
 Each command lives in its own module and exposes ``main(argv) -> int``; this module only
 dispatches, so importing the CLI never pulls in the simulator or the terminal view.
@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "simulate": "sidecar.cli.simulate",
     "demo": "sidecar.console.demo",
     "top": "sidecar.console.top",
+    "loadgen": "sidecar.console.loadgen",
+    "inject": "sidecar.kube.cli",
 }
 
 USAGE = """usage: deepseek-sidecar [COMMAND] [OPTIONS]
@@ -25,6 +27,8 @@ commands:
   demo           simulator + sidecar + traffic + live terminal view
   top            the live view attached to running sidecars
   check-config   validate a config file and print the effective settings
+  loadgen        send the demo's request mix to a sidecar (no live view)
+  inject         add the sidecar to Kubernetes workloads in YAML
 
 'deepseek-sidecar COMMAND --help' describes each command."""
 

@@ -1,0 +1,1 @@
+"""What knows Kubernetes objects: adding the sidecar to workloads (``inject``)."""
