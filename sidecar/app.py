@@ -25,6 +25,12 @@ from sidecar.accounting.cost import price_exchange
 from sidecar.admission.guard import ConcurrencyGuard
 from sidecar.admission.retry import RetryPolicy
 from sidecar.exchange import Exchange
+from sidecar.relay.descriptors import (
+    ExhaustionReport,
+    OpenFilesLimit,
+    needed_for,
+    raise_open_files_limit,
+)
 from sidecar.relay.errors import EnvelopeServer
 from sidecar.relay.proxy import Proxy
 from sidecar.relay.upstream import Attempt
@@ -59,12 +65,18 @@ class Sidecar:
         guard = (
             ConcurrencyGuard(s.max_concurrency, s.guard_max_wait_s) if s.max_concurrency else None
         )
+        self.fd_report = ExhaustionReport(self.metrics.fd_exhausted, self.logger)
+        attempt = Attempt(
+            RetryPolicy(s.retry_max_attempts, s.retry_max_wait_s),
+            log=self.logger,
+            on_fd_exhausted=self.fd_report.failed,
+        )
         self.proxy = Proxy(
             self.settings,
             session_factory=self._session,
             on_started=lambda ex: self.metrics.started(ex.route),
             on_finished=self._finished,
-            attempt=Attempt(RetryPolicy(s.retry_max_attempts, s.retry_max_wait_s), log=self.logger),
+            attempt=attempt,
             guard=guard,
         )
 
@@ -84,6 +96,7 @@ class Sidecar:
 
     async def start(self) -> None:
         s = self.settings
+        self.fd_report.install(asyncio.get_running_loop())
         timeout = aiohttp.ClientTimeout(
             total=None, connect=s.connect_timeout_s, sock_read=s.idle_timeout_s
         )
@@ -173,6 +186,7 @@ def bound_port(runner: web.BaseRunner) -> int:
 
 async def serve(settings: Settings, catalogue: Catalogue) -> None:
     """Run until SIGTERM or SIGINT, then drain within ``shutdown_timeout_s`` and return."""
+    limit = raise_open_files_limit()
     sidecar = Sidecar(settings, catalogue=catalogue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,9 +197,24 @@ async def serve(settings: Settings, catalogue: Catalogue) -> None:
             "startup",
             proxy_port=bound_port(proxy_runner),
             admin_port=bound_port(admin_runner),
+            open_files_limit=limit.soft,
             settings=settings.masked(),
         )
+        _warn_if_fds_too_few(sidecar.logger, limit, settings)
         await stop.wait()
         sidecar.ready["ready"] = False
         sidecar.logger.info("draining", shutdown_timeout_s=settings.shutdown_timeout_s)
     sidecar.logger.info("stopped")
+
+
+def _warn_if_fds_too_few(logger: Any, limit: OpenFilesLimit, settings: Settings) -> None:
+    """One warning line when even the hard limit cannot carry the configured concurrency."""
+    concurrency = settings.max_concurrency or settings.limit_concurrency
+    if concurrency and not limit.enough_for(concurrency):
+        logger.warning(
+            "open_files_limit_low",
+            open_files_limit=limit.soft,
+            hard_limit=limit.hard,
+            concurrency=concurrency,
+            needed=needed_for(concurrency),
+        )

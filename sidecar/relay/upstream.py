@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import monotonic
@@ -23,6 +24,7 @@ from sidecar.admission.retry import RetryPolicy, is_retryable_status
 from sidecar.exchange import Exchange, Outcome
 from sidecar.observe.limits import observe_headers
 from sidecar.observe.readers import CONCURRENCY_429
+from sidecar.relay.descriptors import EXHAUSTED_MESSAGE, is_exhaustion
 from sidecar.relay.errors import SidecarError, error_response
 
 _ERROR_BODY_CAP = 64 << 10  # a 429/503 envelope is a few hundred bytes
@@ -45,6 +47,7 @@ class Attempt:
     policy: RetryPolicy
     rng: random.Random = field(default_factory=random.Random)
     log: Any = None  # a structlog logger: one debug line per retry (no headers, no bodies)
+    on_fd_exhausted: Callable[[str], None] | None = None  # a connect failed for lack of fds
 
     def retrying(self, ex: Exchange, delay_s: float) -> None:
         if self.log is not None:
@@ -95,8 +98,13 @@ async def send_with_retries(
             raise _failed(
                 ex, _TIMEOUT, "the upstream sent no response within idle_timeout"
             ) from None
-        except (aiohttp.ClientConnectionError, OSError):
-            failure = _failed(ex, _UNREACHABLE, "cannot connect to the upstream")
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            message = "cannot connect to the upstream"
+            if is_exhaustion(exc):
+                message = f"{message}: {EXHAUSTED_MESSAGE}"
+                if attempt.on_fd_exhausted is not None:
+                    attempt.on_fd_exhausted("connect")
+            failure = _failed(ex, _UNREACHABLE, message)
         except aiohttp.ClientError:
             raise _failed(ex, _BAD_RESPONSE, "the upstream sent an invalid HTTP response") from None
         else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from sidecar import __version__
 from sidecar.exchange import Exchange, Outcome
@@ -105,6 +105,8 @@ SPECS: tuple[Spec, ...] = (
          "Observation gave up (sse, json, decompress, oversize); bytes still relayed."),
     Spec("llm_sidecar_balance_poll_failures_total", "counter", ("upstream", "reason"),
          "Balance polls that failed: connect, status, body, timeout."),
+    Spec("llm_sidecar_fd_exhausted_total", "counter", (),
+         "Accepts or upstream connects that failed for lack of file descriptors."),
 )
 # fmt: on
 
@@ -130,6 +132,8 @@ class Metrics:
         self.m: dict[str, Any] = {s.name: _build(s, registry) for s in SPECS}
         self._children: dict[tuple[str, ...], Any] = {}
         self._precreate()
+        # process_open_fds / process_max_fds (and CPU, memory): the fd alert needs them.
+        ProcessCollector(registry=registry)
 
     def _child(self, name: str, *values: str) -> Any:
         """The labelled child, cached: ``labels()`` validates and locks on every call.
@@ -215,6 +219,9 @@ class Metrics:
         self._child("llm_account_available", up).set(1 if report.is_available else 0)
         for currency, amount in report.total_balance.items():
             self._child("llm_account_balance", up, currency).set(amount)
+
+    def fd_exhausted(self) -> None:
+        self.m["llm_sidecar_fd_exhausted_total"].inc()
 
     def balance_failure(self, reason: str) -> None:
         self._child("llm_sidecar_balance_poll_failures_total", self.upstream, reason).inc()
