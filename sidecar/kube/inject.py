@@ -154,10 +154,10 @@ def inject_template(pod: CommentedMap, template: CommentedMap, options: Options)
     if (spec.get("terminationGracePeriodSeconds") or 30) < grace:  # 30: Kubernetes' default
         spec["terminationGracePeriodSeconds"] = grace
     sidecar = sidecar_container(template, options)
-    if options.classic:
+    if options.classic:  # last: kubectl logs and exec default to the first container
         _seq(spec, "containers").append(sidecar)
-    else:
-        _seq(spec, "initContainers").append(sidecar)
+    else:  # first: the app's own init containers can already reach the proxy
+        _seq(spec, "initContainers").insert(0, sidecar)
     volumes = _seq(spec, "volumes")
     names = {v.get("name") for v in volumes}
     for volume in template["spec"]["volumes"]:
