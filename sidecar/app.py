@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,8 +39,11 @@ from sidecar.settings import Address, Settings, SettingsError
 from sidecar.telemetry.labels import ModelLabels
 from sidecar.telemetry.logs import build_logger, log_exchange
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.writer import LineWriter
 
 READY = web.AppKey("ready", dict)
+# How long a stopping sidecar waits for stdout to take its last queued lines.
+LOG_FLUSH_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -56,10 +60,14 @@ class Sidecar:
 
     def __post_init__(self) -> None:
         s = self.settings
-        if self.logger is None:
-            self.logger = build_logger(s.log_level, s.log_format)
         models = ModelLabels(s.models, s.max_models)
         self.metrics = Metrics(self.registry, s.upstream_name, models)
+        self.log_writer: LineWriter | None = None
+        if self.logger is None:  # stdout, written off the event loop
+            self.log_writer = LineWriter(
+                sys.stdout.fileno(), s.log_queue_lines, on_drop=self.metrics.log_line_dropped
+            )
+            self.logger = build_logger(s.log_level, s.log_format, self.log_writer)
         self.metrics.configured(s.limit_rpm, s.limit_tpm, s.limit_concurrency)
         self.metrics.retirements(self.catalogue.retirements())
         guard = (
@@ -205,6 +213,8 @@ async def serve(settings: Settings, catalogue: Catalogue) -> None:
         sidecar.ready["ready"] = False
         sidecar.logger.info("draining", shutdown_timeout_s=settings.shutdown_timeout_s)
     sidecar.logger.info("stopped")
+    if sidecar.log_writer is not None:
+        sidecar.log_writer.close(LOG_FLUSH_TIMEOUT_S)
 
 
 def _warn_if_fds_too_few(logger: Any, limit: OpenFilesLimit, settings: Settings) -> None:

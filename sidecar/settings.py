@@ -64,6 +64,7 @@ class Settings:
     api_key: str | None = None
     api_key_file: str | None = None
     balance_poll_s: float = 0.0
+    log_queue_lines: int = 4096
 
     def masked(self) -> dict[str, Any]:
         """The effective settings for logs and ``check-config``, secrets replaced."""
@@ -201,6 +202,8 @@ OPTIONS: tuple[Option, ...] = (
            "file holding the key", "FILE"),
     Option("balance_poll_s", "--balance-poll", "SIDECAR_BALANCE_POLL_S", _number(0),
            "balance poll interval (0 = off)", "S"),
+    Option("log_queue_lines", "--log-queue-lines", "SIDECAR_LOG_QUEUE_LINES", _integer(1),
+           "log lines held while stdout is blocked, then dropped", "N"),
 )
 # fmt: on
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}

@@ -1,15 +1,16 @@
 """Structured logs: structlog rendering with orjson, one line per finished exchange.
 
-Lines go to stdout through structlog's BytesLogger, which writes and flushes each line, so
-a line appears as soon as its exchange finishes. Only fields named here are ever logged:
-no headers, no bodies, so keys and prompts cannot leak by accident.
+Lines go through structlog's BytesLogger to a sink: in the running sidecar a ``LineWriter``
+(``writer.py``), which writes each line from its own thread so a blocked stdout never stalls
+the event loop, and a line still appears as soon as its exchange finishes. Only fields named
+here are ever logged: no headers, no bodies, so keys and prompts cannot leak by accident.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, cast
 
 import orjson
 import structlog
@@ -24,7 +25,15 @@ _LEVELS = {
 }
 
 
-def build_logger(level: str = "info", fmt: str = "json", stream: BinaryIO | None = None) -> Any:
+class Sink(Protocol):
+    """Where rendered lines go: a binary file, or a ``LineWriter``."""
+
+    def write(self, data: bytes, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+
+def build_logger(level: str = "info", fmt: str = "json", stream: Sink | None = None) -> Any:
     """A logger writing one line per event to ``stream`` (stdout by default), flushed per line."""
     processors: list[Any] = [
         structlog.processors.add_log_level,
@@ -37,7 +46,7 @@ def build_logger(level: str = "info", fmt: str = "json", stream: BinaryIO | None
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
     return structlog.wrap_logger(
-        structlog.BytesLogger(out),
+        structlog.BytesLogger(cast(BinaryIO, out)),  # it only calls write() and flush()
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=True,  # bind once, not on every exchange

@@ -107,6 +107,8 @@ SPECS: tuple[Spec, ...] = (
          "Balance polls that failed: connect, status, body, timeout."),
     Spec("llm_sidecar_fd_exhausted_total", "counter", (),
          "Accepts or upstream connects that failed for lack of file descriptors."),
+    Spec("llm_sidecar_log_lines_dropped_total", "counter", (),
+         "Log lines dropped because stdout stayed blocked longer than the log queue holds."),
 )
 # fmt: on
 
@@ -219,6 +221,9 @@ class Metrics:
         self._child("llm_account_available", up).set(1 if report.is_available else 0)
         for currency, amount in report.total_balance.items():
             self._child("llm_account_balance", up, currency).set(amount)
+
+    def log_line_dropped(self) -> None:
+        self.m["llm_sidecar_log_lines_dropped_total"].inc()
 
     def fd_exhausted(self) -> None:
         self.m["llm_sidecar_fd_exhausted_total"].inc()
