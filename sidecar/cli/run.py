@@ -17,19 +17,15 @@ from typing import Any
 import orjson
 
 from sidecar.accounting.catalogue import Catalogue, CatalogueError
+from sidecar.cli.parser import EXIT_USAGE, OneLineParser
 from sidecar.settings import OPTIONS, Settings, SettingsError, load
 
-EXIT_SETTINGS = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"deepseek-sidecar: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_SETTINGS)
+EXIT_SETTINGS = EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
+        error_prefix="deepseek-sidecar",
         prog="deepseek-sidecar run",
         description="Transparent observability proxy for DeepSeek and OpenAI-compatible APIs.",
     )

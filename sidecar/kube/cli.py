@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sidecar.cli.parser import EXIT_USAGE, OneLineParser
+
 try:
     from sidecar.kube.inject import (
         DEFAULT_API_KEY_SECRET,
@@ -23,17 +25,12 @@ except ModuleNotFoundError as exc:  # ruamel.yaml is the optional `kube` extra
         f"deepseek-sidecar inject: needs {exc.name}: pip install 'deepseek-sidecar[kube]'"
     ) from None
 
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"deepseek-sidecar inject: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
+EXIT_BAD_INPUT = EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
+        error_prefix="deepseek-sidecar inject",
         prog="deepseek-sidecar inject",
         description="add the sidecar to every pod template in Kubernetes YAML (to stdout)",
     )
