@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-REPORT_FILE = Path(__file__).resolve().parents[2] / ".build" / "image" / "report.json"
+from tests.image.helpers import BUILD_DIR, IMAGE, STANDIN_BASE, ULIMITS, Built, podman, run
+
+REPORT_FILE = BUILD_DIR / "report.json"
 REPORT = pytest.StashKey[dict[str, str]]()
 
 # Hosts like CI's (cgroups v1/hybrid, capped rlimits) need runc and explicit ulimits for every
@@ -68,6 +71,42 @@ def podman_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def image_report(request: pytest.FixtureRequest) -> dict[str, str]:
     """Measurements (size, build time) for the summary and .build/image/report.json."""
     return request.config.stash.setdefault(REPORT, {})
+
+
+@pytest.fixture(scope="session")
+def built(podman_env: dict[str, str], image_report: dict[str, str]) -> Built:
+    """The stand-in base (cached), then `make image` on it, timed from cold wheels."""
+    started = time.monotonic()
+    run(["scripts/standin-base.sh", STANDIN_BASE], podman_env, timeout=900)
+    base_s = time.monotonic() - started
+    version = "import sys; print('%d.%d' % sys.version_info[:2])"
+    python = podman("run", "--rm", *ULIMITS, STANDIN_BASE, "python3", "-c", version, env=podman_env)
+    previous = run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE], podman_env, check=False
+    ).stdout.strip()
+    started = time.monotonic()
+    run(
+        ["make", "image", f"BASE_IMAGE={STANDIN_BASE}", f"IMAGE_PYTHON={python}", f"IMAGE={IMAGE}"],
+        podman_env,
+        timeout=900,
+    )
+    build_s = time.monotonic() - started
+    image_id = podman("image", "inspect", "--format", "{{.Id}}", IMAGE, env=podman_env)
+    if previous and previous != image_id:
+        # The previous build is now untagged; leave no dangling images behind (in use: kept).
+        run(["podman", "rmi", previous], podman_env, check=False)
+    size, base_size = (
+        int(podman("image", "inspect", "--format", "{{.Size}}", name, env=podman_env))
+        for name in (IMAGE, STANDIN_BASE)
+    )
+    image_report["image"] = f"{IMAGE} on {STANDIN_BASE} (Python {python})"
+    image_report["image size"] = (
+        f"{size / 1e6:.0f} MB ({(size - base_size) / 1e6:.0f} MB above the {base_size / 1e6:.0f} MB"
+        " base)"
+    )
+    image_report["build time"] = f"{build_s:.1f} s (make image: wheels + image build)"
+    image_report["stand-in base"] = f"{base_s:.1f} s (debootstrap when not cached)"
+    return Built(image_id, python, build_s, size)
 
 
 def pytest_terminal_summary(

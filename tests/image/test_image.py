@@ -15,12 +15,9 @@ on loopback only. The tests share one pod and run in file order: SIGTERM comes l
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +27,20 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.image.helpers import (
+    IMAGE,
+    REPO,
+    ULIMITS,
+    Built,
+    free_port,
+    http_get,
+    http_get_quiet,
+    podman,
+    run,
+)
+
 pytestmark = pytest.mark.timeout(1200)
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE = "localhost/deepseek-sidecar:dev"
-STANDIN_BASE = os.environ.get("STANDIN_BASE", "localhost/deepseek-sidecar-standin:bookworm")
-ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 HARDENED = [
     "--read-only",
     "--read-only-tmpfs=false",
@@ -49,48 +54,6 @@ PROXY = "http://127.0.0.1:8080"  # the program's default: inside the pod, on loo
 ADMIN_PORT = 9464
 SHUTDOWN_TIMEOUT_S = 30.0  # the program's default --shutdown-timeout
 PROBE = (Path(__file__).parent / "pod_probe.py").read_text(encoding="utf-8")
-
-
-def run(
-    argv: list[str], env: dict[str, str], timeout: float = 120, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run a command; on failure the assertion shows its output, which is what one debugs."""
-    proc = subprocess.run(
-        argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check:
-        assert proc.returncode == 0, (
-            f"{' '.join(argv[:6])}... exited {proc.returncode}\n"
-            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
-def podman(*args: str, env: dict[str, str], timeout: float = 120) -> str:
-    return run(["podman", "--runtime", "runc", *args], env, timeout).stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, bytes(exc.read())
-
-
-@dataclass
-class Built:
-    image_id: str
-    python: str
-    build_s: float
-    size_bytes: int
 
 
 @dataclass
@@ -142,42 +105,6 @@ class Pod:
 
 
 @pytest.fixture(scope="module")
-def built(podman_env: dict[str, str], image_report: dict[str, str]) -> Built:
-    """The stand-in base (cached), then `make image` on it, timed from cold wheels."""
-    started = time.monotonic()
-    run(["scripts/standin-base.sh", STANDIN_BASE], podman_env, timeout=900)
-    base_s = time.monotonic() - started
-    version = "import sys; print('%d.%d' % sys.version_info[:2])"
-    python = podman("run", "--rm", *ULIMITS, STANDIN_BASE, "python3", "-c", version, env=podman_env)
-    previous = run(
-        ["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE], podman_env, check=False
-    ).stdout.strip()
-    started = time.monotonic()
-    run(
-        ["make", "image", f"BASE_IMAGE={STANDIN_BASE}", f"IMAGE_PYTHON={python}", f"IMAGE={IMAGE}"],
-        podman_env,
-        timeout=900,
-    )
-    build_s = time.monotonic() - started
-    image_id = podman("image", "inspect", "--format", "{{.Id}}", IMAGE, env=podman_env)
-    if previous and previous != image_id:
-        # The previous build is now untagged; leave no dangling images behind (in use: kept).
-        run(["podman", "rmi", previous], podman_env, check=False)
-    size, base_size = (
-        int(podman("image", "inspect", "--format", "{{.Size}}", name, env=podman_env))
-        for name in (IMAGE, STANDIN_BASE)
-    )
-    image_report["image"] = f"{IMAGE} on {STANDIN_BASE} (Python {python})"
-    image_report["image size"] = (
-        f"{size / 1e6:.0f} MB ({(size - base_size) / 1e6:.0f} MB above the {base_size / 1e6:.0f} MB"
-        " base)"
-    )
-    image_report["build time"] = f"{build_s:.1f} s (make image: wheels + image build)"
-    image_report["stand-in base"] = f"{base_s:.1f} s (debootstrap when not cached)"
-    return Built(image_id, python, build_s, size)
-
-
-@pytest.fixture(scope="module")
 def pod(built: Built, podman_env: dict[str, str]) -> Iterator[Pod]:
     """The simulator, the tap and the sidecar in one pod; removed with everything in it."""
     name = f"dss-image-test-{os.getpid()}"
@@ -206,14 +133,6 @@ def pod(built: Built, podman_env: dict[str, str]) -> Iterator[Pod]:
         yield pod
     finally:
         run(["podman", "pod", "rm", "--force", name], podman_env, check=False)
-
-
-def http_get_quiet(url: str) -> int:
-    """Status of a GET, 0 while nothing listens yet."""
-    try:
-        return http_get(url)[0]
-    except OSError:
-        return 0
 
 
 def test_dockerfile_is_hadolint_clean() -> None:
