@@ -76,6 +76,7 @@ class Exchange:
     response_started_at: float | None = None
     first_data_at: float | None = None
     first_token_at: float | None = None
+    response_requested_at: float | None = None  # realtime: the client's first response.create
     last_token_at: float | None = None
     saw_queue_signal: bool = False
     ended_at: float | None = None
@@ -114,9 +115,12 @@ class Exchange:
 
     @property
     def ttft_s(self) -> float | None:
+        """Streams: from arrival; realtime sessions: from the first ``response.create`` sent,
+        since a session may sit idle for minutes before it asks for anything."""
         if not self.stream or self.first_token_at is None:
             return None
-        return self.first_token_at - self.received_at
+        start = self.response_requested_at
+        return self.first_token_at - (self.received_at if start is None else start)
 
     @property
     def queue_s(self) -> float | None:

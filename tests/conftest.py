@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.app import Sidecar, bound_port, running
 from sidecar.settings import Address, Settings
 from sidecar.telemetry.logs import build_logger
+from tests.fake_realtime import FakeRealtime
 from tests.fake_upstream import FakeUpstream
 
 
@@ -85,6 +86,16 @@ class RunningSidecar:
 async def fake_upstream() -> AsyncIterator[tuple[FakeUpstream, str]]:
     fake = FakeUpstream()
     server = TestServer(fake.app(), host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    yield fake, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+async def realtime_upstream() -> AsyncIterator[tuple[FakeRealtime, str]]:
+    """A realtime (WebSocket) upstream; see ``tests/fake_realtime.py``."""
+    fake = FakeRealtime()
+    server = TestServer(fake.app(), host="127.0.0.1")
     await server.start_server()
     yield fake, str(server.make_url("")).rstrip("/")
     await server.close()

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tests.conftest import RunningSidecar, SidecarFactory
+from tests.fake_realtime import RESPONSE, FakeRealtime
 from tests.fake_upstream import ABORT, FakeUpstream, Pause, Reply, fixture, json_reply
 
 KEY = "sk-PLANTED-KEY-9f8e7d6c5b4a"
@@ -109,3 +110,32 @@ async def test_keys_prompts_and_answers_never_appear(
         assert sorted(outcomes) == sorted(
             ["completed", "completed", "upstream_aborted", "client_disconnected", "completed"]
         )
+
+
+async def test_realtime_sessions_leak_no_key_and_no_frame_content(
+    realtime_upstream: tuple[FakeRealtime, str], start_sidecar: SidecarFactory
+) -> None:
+    fake, url = realtime_upstream
+    sidecar = await start_sidecar(url)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with (
+        aiohttp.ClientSession() as client,
+        client.ws_connect(sidecar.url + "/v1/realtime?model=gpt-realtime", headers=headers) as ws,
+    ):
+        await ws.receive_str()
+        await ws.send_str(orjson.dumps({"type": "x", "text": PROMPT_MARKER}).decode())
+        assert ANSWER_MARKER not in await ws.receive_str()
+        await ws.send_str(orjson.dumps({"type": "response.create", "m": ANSWER_MARKER}).decode())
+        for _ in RESPONSE:
+            await ws.receive_str()
+    for _ in range(100):
+        if sidecar.exchanges():
+            break
+        await asyncio.sleep(0.02)
+    logs = sidecar.log.getvalue().decode()
+    metrics = await sidecar.scrape() + await sidecar.scrape("application/openmetrics-text")
+    assert '"route":"realtime"' in logs
+    for secret in (KEY, PROMPT_MARKER, ANSWER_MARKER, "Bearer", "response.create"):
+        assert secret not in logs, secret
+        assert secret not in metrics, secret
+    assert fake.headers[0]["Authorization"] == f"Bearer {KEY}"  # forwarded, never recorded

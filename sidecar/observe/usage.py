@@ -60,6 +60,28 @@ def from_anthropic(u: dict[str, Any]) -> Usage:
     )
 
 
+def from_realtime(u: dict[str, Any]) -> Usage:
+    """A realtime ``response.done`` usage: ``input_tokens`` include the cached ones, which are
+    under ``input_token_details`` (no "s", unlike the Responses API)."""
+    prompt = _int(u.get("input_tokens"))
+    hit = _int(_sub(u, "input_token_details").get("cached_tokens"))
+    miss = None if prompt is None or hit is None else prompt - hit
+    return Usage(input=prompt, output=_int(u.get("output_tokens")), cache_hit=hit, cache_miss=miss)
+
+
+def summed(old: Usage | None, new: Usage) -> Usage:
+    """A realtime session bills each response on its own: the session's usage is their sum.
+
+    A field no response reported stays ``None`` (not reported is not 0)."""
+    if old is None:
+        return new
+    total = Usage()
+    for name in ("input", "output", "cache_hit", "cache_miss", "reasoning", "cache_write"):
+        a, b = getattr(old, name), getattr(new, name)
+        setattr(total, name, b if a is None else a if b is None else a + b)
+    return total
+
+
 def merge_max(old: Usage | None, new: Usage) -> Usage:
     """Anthropic streams split usage over message_start and message_delta: keep each max."""
     if old is None:

@@ -3,6 +3,7 @@
 Hop-by-hop headers and every name listed in ``Connection`` stay on their own hop. Upstream
 requests get nothing the client did not send except ``x-request-id``, ``X-Forwarded-For``
 and ``X-Forwarded-Proto`` (and, opt-in, an ``Authorization`` the client did not bring).
+The one exception: a WebSocket handshake keeps its ``Connection: Upgrade`` and ``Upgrade``.
 """
 
 from __future__ import annotations
@@ -32,15 +33,44 @@ _REFRAMED = frozenset({"content-length", "host", "expect"})
 _REPLACED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-sidecar-retry"})
 
 
-def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
-    """The fixed hop-by-hop set plus the names a ``Connection`` header lists."""
-    listed = {
+def connection_tokens(connection_values: Iterable[str]) -> frozenset[str]:
+    """The lower-cased tokens of every ``Connection`` header (a comma-separated list)."""
+    return frozenset(
         token.strip().lower()
         for value in connection_values
         for token in value.split(",")
         if token.strip()
-    }
-    return HOP_BY_HOP | listed
+    )
+
+
+def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
+    """The fixed hop-by-hop set plus the names a ``Connection`` header lists."""
+    return HOP_BY_HOP | connection_tokens(connection_values)
+
+
+def websocket_upgrade(
+    method: str, version: tuple[int, int], incoming: CIMultiDictProxy[str]
+) -> bool:
+    """A WebSocket handshake (RFC 6455 §4.1): GET, HTTP/1.1, ``Connection: upgrade``, ``Upgrade:
+    websocket``.
+
+    The one exception to hop-by-hop stripping (RFC 9110 §7.8): WebSocket is the only protocol
+    the sidecar relays frame-transparently. ``h2c`` and every other ``Upgrade`` value are
+    dropped as before, so the upstream answers over HTTP/1.1 and the exchange is observed as
+    usual. The value must be exactly ``websocket``: that is also when aiohttp's parser holds
+    the connection's later bytes back for a protocol switch.
+    """
+    if method != "GET" or version != (1, 1):
+        return False
+    if incoming.get("Upgrade", "").strip().lower() != "websocket":
+        return False
+    return "upgrade" in connection_tokens(incoming.getall("Connection", ()))
+
+
+def with_upgrade(headers: CIMultiDict[str], incoming: CIMultiDictProxy[str]) -> None:
+    """Put the handshake's ``Connection`` and ``Upgrade`` back on an upstream request."""
+    headers["Connection"] = "Upgrade"
+    headers["Upgrade"] = incoming.get("Upgrade", "websocket")
 
 
 def upstream_request_headers(
@@ -81,4 +111,13 @@ def client_response_headers(upstream: CIMultiDictProxy[str], request_id: str) ->
     )
     if "x-request-id" not in out:
         out["x-request-id"] = request_id
+    return out
+
+
+def switching_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+    """The client's ``101``: the upstream's handshake headers (``Sec-WebSocket-Accept``,
+    ``-Protocol``, ``-Extensions``) and end-to-end ones, with ``Upgrade`` and ``Connection``."""
+    out = client_response_headers(upstream, request_id)
+    out["Upgrade"] = upstream.get("Upgrade", "websocket")
+    out["Connection"] = "Upgrade"
     return out

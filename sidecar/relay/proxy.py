@@ -32,7 +32,12 @@ from sidecar.observe.readers import (
     reader_for,
 )
 from sidecar.relay.errors import SidecarError, error_response
-from sidecar.relay.headers import client_response_headers, upstream_request_headers
+from sidecar.relay.headers import (
+    client_response_headers,
+    upstream_request_headers,
+    websocket_upgrade,
+)
+from sidecar.relay.tunnel import forward_upgrade, relay_session
 from sidecar.relay.upstream import Attempt, UpstreamFailure, send_with_retries
 from sidecar.settings import Settings
 from sidecar.telemetry.labels import route_of
@@ -127,6 +132,8 @@ class Proxy:
             scheme=request.scheme,
             api_key=self.settings.api_key,
         )
+        if websocket_upgrade(request.method, request.version, request.headers):
+            forward_upgrade(request, ex, headers)
         if self._guard is None:
             return await self._forward(request, ex, body, headers)
         try:
@@ -165,6 +172,8 @@ class Proxy:
             ex.finish(failure.outcome, monotonic())
             return failure.response
         try:
+            if upstream.status == 101 and "Upgrade" in headers:  # set only for a WebSocket
+                return await relay_session(request, ex, upstream, self.settings.idle_timeout_s)
             return await self._relay(request, ex, upstream)
         finally:
             if ex.outcome is Outcome.COMPLETED:

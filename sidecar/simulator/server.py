@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.simulator import wire
 from sidecar.simulator.plan import Plan, draw_fault, make_plan
 from sidecar.simulator.ratelimit import retry_after_header
+from sidecar.simulator.realtime import realtime_session
 from sidecar.simulator.scenario import Scenario
 from sidecar.simulator.service import serve
 from sidecar.simulator.state import STATE, SimState
@@ -120,6 +121,18 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await admit(request, "anthropic")
 
 
+async def realtime(request: web.Request) -> web.StreamResponse:
+    """``GET /realtime?model=``: a WebSocket session (``realtime.py``) for a known key and model."""
+    state = request.app[STATE]
+    key = authenticate(request, state)
+    if isinstance(key, web.Response):
+        return key
+    model = request.query.get("model") or state.scenario.models[0]
+    if model not in state.scenario.models:
+        return error(400, "Model Not Exist", "invalid_request_error")
+    return await realtime_session(request, state, key, model)
+
+
 async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     key = authenticate(request, state)
@@ -162,6 +175,8 @@ def build_app(scenario: Scenario, seed: int = 0) -> web.Application:
     app.router.add_get("/models", models)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/user/balance", balance)
+    app.router.add_get("/realtime", realtime)
+    app.router.add_get("/v1/realtime", realtime)
     return app
 
 

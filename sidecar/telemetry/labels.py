@@ -17,6 +17,7 @@ ROUTES = (
     "responses",
     "models",
     "balance",
+    "realtime",
     "other",
 )
 USAGE_ROUTES = frozenset({"chat_completions", "completions", "anthropic_messages", "responses"})
@@ -26,6 +27,8 @@ _EXACT_ROUTES = {
     "/anthropic/v1/messages": "anthropic_messages",
     "/anthropic/messages": "anthropic_messages",
     "/v1/messages": "anthropic_messages",
+    "/realtime": "realtime",
+    "/v1/realtime": "realtime",
 }
 _PREFIXED_ROUTES = {
     "/chat/completions": "chat_completions",

@@ -35,7 +35,7 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 # fmt: on
 
 TOKEN_TYPES = ("input", "output", "cache_hit", "cache_miss", "reasoning", "cache_write")
-PARSE_ERROR_KINDS = ("sse", "json", "decompress", "oversize")
+PARSE_ERROR_KINDS = ("sse", "json", "decompress", "oversize", "websocket")
 RATELIMIT_RESOURCES = ("requests", "tokens")
 CONFIGURED_RESOURCES = ("requests_per_minute", "tokens_per_minute", "concurrency")
 
@@ -102,7 +102,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("llm_sidecar_overhead_seconds", "histogram", ("upstream",),
          "Time the sidecar adds before the request leaves for the upstream.", OVERHEAD_BUCKETS),
     Spec("llm_sidecar_parse_errors_total", "counter", ("upstream", "kind"),
-         "Observation gave up (sse, json, decompress, oversize); bytes still relayed."),
+         "Observation gave up (sse, json, decompress, oversize, websocket); bytes still relayed."),
     Spec("llm_sidecar_balance_poll_failures_total", "counter", ("upstream", "reason"),
          "Balance polls that failed: connect, status, body, timeout."),
     Spec("llm_sidecar_fd_exhausted_total", "counter", (),
