@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import zlib
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.exchange import Exchange, Usage
 from sidecar.observe.readers import carries_content, reader_for
@@ -176,3 +179,78 @@ def test_unknown_media_types_are_not_observed() -> None:
 )
 def test_carries_content(data: bytes, expected: bool) -> None:
     assert carries_content(data) is expected
+
+
+FIXTURE_STREAMS = (
+    "deepseek-chat-stream.sse",
+    "deepseek-reasoner-stream.sse",
+    "deepseek-chat-toolcall-stream.sse",
+    "deepseek-v4-flash-thinking-stream.sse",
+    "openai-stream-include-usage.sse",
+    "anthropic-messages-stream.sse",
+)
+# Lines a stream may carry between its events: comments (one with a content marker in its text),
+# CRLF framing, an event name, a blank line.
+EXTRAS = (
+    b": keep-alive\n\n",
+    b': {"content":"not a token"}\n\n',
+    b'data: {"choices":[{"delta":{"content":"crlf"}}]}\r\n\r\n',
+    b'event: ping\ndata: {"choices":[{"delta":{"content":""}}]}\n\n',
+    b"\n",
+)
+
+
+def observed(chunks: list[bytes], fast: bool) -> tuple[object, ...]:
+    ex = exchange()
+    reader = reader_for(ex, "text/event-stream", None)
+    reader.fast_path = fast  # type: ignore[attr-defined]
+    for tick, chunk in enumerate(chunks):
+        reader.feed(chunk, float(tick + 1))
+    reader.close(999.0)
+    return (ex.first_data_at, ex.first_token_at, ex.last_token_at, ex.usage, ex.reported_model,
+            ex.saw_queue_signal, ex.parse_error)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(FIXTURE_STREAMS),
+    inserts=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(EXTRAS)), max_size=6),
+    cuts=st.lists(st.integers(1, 4000), max_size=12),
+)
+def test_the_chunk_fast_path_observes_exactly_what_event_by_event_decoding_does(
+    name: str, inserts: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    events = [e + b"\n\n" for e in fixture(name).split(b"\n\n") if e]
+    for at, extra in inserts:
+        events.insert(min(at, len(events)), extra)
+    body = b"".join(events)
+    # Reads along event boundaries (the common case: one event per read) and arbitrary cuts.
+    by_event = events
+    bounds = sorted({0, len(body), *(c for c in cuts if c < len(body))})
+    by_cut = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    for chunks in (by_event, by_cut):
+        assert observed(chunks, fast=True) == observed(chunks, fast=False)
+
+
+def test_a_comment_quoting_content_is_not_a_token_on_the_fast_path() -> None:
+    first = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
+    quiet = b'data: {"choices":[{"delta":{"content":""}}]}\n\n: {"content":"not a token"}\n\n'
+    for fast in (True, False):
+        ex = exchange()
+        reader = reader_for(ex, "text/event-stream", None)
+        reader.fast_path = fast  # type: ignore[attr-defined]
+        reader.feed(first, 1.0)
+        reader.feed(quiet, 2.0)
+        assert (ex.first_token_at, ex.last_token_at) == (1.0, 1.0)
+
+
+def test_a_read_of_several_events_counts_content_after_an_empty_one() -> None:
+    first = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
+    pair = b'data: {"choices":[{"delta":{"content":""}}]}\n\ndata: {"choices":[{"delta":{"content":"x"}}]}\n\n'  # noqa: E501
+    for fast in (True, False):
+        ex = exchange()
+        reader = reader_for(ex, "text/event-stream", None)
+        reader.fast_path = fast  # type: ignore[attr-defined]
+        reader.feed(first, 1.0)
+        reader.feed(pair, 2.0)
+        assert (ex.first_token_at, ex.last_token_at) == (1.0, 2.0)

@@ -47,6 +47,10 @@ class SSEDecoder:
         self.data_seen = False
         self.overflowed = 0
 
+    def at_boundary(self) -> bool:
+        """True between events: nothing pending, no event half-read, no line being skipped."""
+        return not self._pending and not self._data and not self._skipping
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume ``chunk``; return the events it completed, in order."""
         buf = self._pending + chunk if self._pending else chunk
