@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/scrape.py
 
 # Regenerates the manifests in deploy/k8s copied from other sources (docs/kubernetes.md).
 k8s: $(STAMP)

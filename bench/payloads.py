@@ -85,3 +85,46 @@ def sse_events(chunks: int) -> tuple[bytes, ...]:
 @cache
 def sse_body(chunks: int) -> bytes:
     return b"".join(sse_events(chunks))
+
+
+# Headers of the scrape bench's echo requests (``bench/upstream.py`` answers them in kind).
+ECHO_STATUS_HEADER = "x-bench-status"  # the status to answer with
+ECHO_FAULT_HEADER = "x-bench-fault"  # abort | garbage | stall | slow (a few paced events)
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 402: "Payment Required",
+            422: "Unprocessable Entity", 429: "Too Many Requests",
+            500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+
+def echo_request(model: str | None, stream: bool, pad: int = 0) -> bytes:
+    """A request body naming ``model`` (none when None); ``pad`` bytes of filler in a message."""
+    body: dict[str, object] = {"messages": [{"role": "user", "content": "x" * pad or "Hi"}]}
+    if model is not None:
+        body["model"] = model
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+def echo_reply(status: int, model: str, stream: bool) -> tuple[bytes, list[bytes]]:
+    """(head, body pieces) of a reply that reports ``model``, with usage and rate-limit headers.
+
+    Streams start with a keep-alive comment (a queueing signal) and send each event as its own
+    HTTP chunk; error statuses get a DeepSeek-shaped JSON error body.
+    """
+    extra = b"x-ratelimit-limit-requests: 5000\r\nx-ratelimit-remaining-requests: 4999\r\n"
+    if status == 429:
+        extra += b"Retry-After: 2\r\n"
+    line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Status").encode())
+    if stream and status == 200:
+        events = [b": keep-alive\n\n"]
+        events += [e.replace(b'"deepseek-chat"', orjson.dumps(model)) for e in sse_events(6)]
+        head = line + b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+        chunks = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+        return head + extra + b"\r\n", [*chunks, b"0\r\n\r\n"]
+    if status == 200:
+        body = json_body().replace(b'"deepseek-chat"', orjson.dumps(model))
+    else:
+        body = orjson.dumps({"error": {"message": "bench", "type": "bench", "code": status}})
+    head = line + b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    return head + extra + b"\r\n", [body]

@@ -49,3 +49,13 @@ def total_cpu(pids: list[int]) -> tuple[float, float]:
 
 def total_kib(pids: list[int], key: str) -> int:
     return sum(status_kib(p, key) for p in pids)
+
+
+def cpu_busy(cpu: int) -> float:
+    """Seconds CPU ``cpu`` spent busy (anything but idle and iowait) since boot, /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == f"cpu{cpu}":
+            ticks = [int(f) for f in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            return (sum(ticks) - ticks[3] - ticks[4]) * TICK_S
+    raise ValueError(f"no cpu{cpu} in /proc/stat")

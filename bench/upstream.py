@@ -5,6 +5,10 @@ body says ``"stream": true`` gets an SSE stream (``x-bench-chunks`` events, each
 its own HTTP chunk, ``x-bench-interval-ms`` apart, 0 = back to back with only a yield to
 the loop between writes); any other request gets the ~600-byte JSON completion at once.
 Request bodies must carry Content-Length (the sidecar and nginx both send one).
+
+Requests with an ``x-bench-status`` header are the scrape bench's label filler: the reply has
+that status and reports the requested model (``x-bench-fault`` makes it abort, stall, answer
+garbage, or pace its events so the client can leave mid-stream).
 """
 
 from __future__ import annotations
@@ -14,10 +18,19 @@ import signal
 import sys
 from typing import cast
 
+import orjson
 import uvloop
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from payloads import CHUNKS_HEADER, INTERVAL_HEADER, json_body, sse_events
+from payloads import (
+    CHUNKS_HEADER,
+    ECHO_FAULT_HEADER,
+    ECHO_STATUS_HEADER,
+    INTERVAL_HEADER,
+    echo_reply,
+    json_body,
+    sse_events,
+)
 
 JSON_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-ds-trace-id: bench\r\n"
@@ -27,6 +40,8 @@ SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
     b"Cache-Control: no-cache\r\nx-ds-trace-id: bench\r\nTransfer-Encoding: chunked\r\n\r\n"
 )
+# Longer than the idle timeout the scrape bench gives the sidecar (--idle-timeout 1).
+STALL_S = 3.0
 BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -78,7 +93,10 @@ class Upstream(asyncio.Protocol):
                 return
             body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
-            if b'"stream":true' in body.replace(b" ", b""):
+            if ECHO_STATUS_HEADER in headers:
+                self.busy = True
+                asyncio.get_running_loop().create_task(self.echo(headers, body))
+            elif b'"stream":true' in body.replace(b" ", b""):
                 chunks = int(headers.get(CHUNKS_HEADER, "100"))
                 interval = float(headers.get(INTERVAL_HEADER, "0")) / 1000.0
                 self.busy = True
@@ -101,6 +119,37 @@ class Upstream(asyncio.Protocol):
         if self.transport is None:
             return
         transport.write(b"0\r\n\r\n")
+        self.busy = False
+        self.process()
+
+    async def echo(self, headers: dict[str, str], body: bytes) -> None:
+        """The scrape bench's label filler: echo the requested model and status, or a fault."""
+        transport = self.transport
+        if transport is None:
+            return
+        request = orjson.loads(body) if body else {}
+        model = request.get("model") or ""
+        stream = request.get("stream") is True
+        head, pieces = echo_reply(int(headers[ECHO_STATUS_HEADER]), model, stream)
+        fault = headers.get(ECHO_FAULT_HEADER, "")
+        if fault == "garbage":  # not HTTP: the sidecar answers 502 upstream_unreachable
+            transport.write(b"garbage\r\n\r\n")
+            transport.close()
+            return
+        if len(pieces) == 1:  # a JSON body: two writes, so a fault can strike between them
+            pieces = [pieces[0][: len(pieces[0]) // 2], pieces[0][len(pieces[0]) // 2 :]]
+        transport.write(head + pieces[0])
+        for piece in pieces[1:]:
+            if fault == "abort":  # the connection drops mid-body
+                transport.abort()
+                return
+            if fault == "stall":  # silence past the sidecar's idle timeout
+                await asyncio.sleep(STALL_S)
+            elif fault == "slow":  # time for the client to leave mid-stream
+                await asyncio.sleep(0.05)
+            if self.transport is None:
+                return
+            transport.write(piece)
         self.busy = False
         self.process()
 

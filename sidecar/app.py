@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar.accounting.balance import BalancePoller
 from sidecar.accounting.catalogue import Catalogue
@@ -36,6 +35,7 @@ from sidecar.relay.errors import EnvelopeServer
 from sidecar.relay.proxy import Proxy
 from sidecar.relay.upstream import Attempt
 from sidecar.settings import Address, Settings, SettingsError
+from sidecar.telemetry.exposition import Exposition
 from sidecar.telemetry.labels import ModelLabels
 from sidecar.telemetry.logs import build_logger, log_exchange
 from sidecar.telemetry.metrics import Metrics
@@ -139,7 +139,7 @@ class Sidecar:
     def admin_app(self) -> web.Application:
         app = web.Application()
         app[READY] = self.ready
-        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        app.router.add_get("/metrics", Exposition(self.registry).handle)
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/readyz", _readyz)
         return app
