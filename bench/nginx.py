@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 CONF = """worker_processes 1;
@@ -42,7 +43,13 @@ def binary() -> str | None:
     )
 
 
-def start(nginx: str, tmp: Path, port: int, upstream_port: int) -> subprocess.Popen[bytes]:
+def start(
+    nginx: str,
+    tmp: Path,
+    port: int,
+    upstream_port: int,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
     """Write the config under ``tmp`` and start nginx in the foreground (1 worker)."""
     conf = tmp / "nginx.conf"
     conf.write_text(CONF.format(tmp=tmp, port=port, upstream_port=upstream_port))
@@ -61,4 +68,5 @@ def start(nginx: str, tmp: Path, port: int, upstream_port: int) -> subprocess.Po
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,
+        preexec_fn=preexec_fn,  # the worker inherits the master's CPU affinity
     )

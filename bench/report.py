@@ -126,12 +126,17 @@ def table(result: dict[str, Any]) -> tuple[str, bool]:
     head = ["metric", "direct", "sidecar", "nginx", "sidecar/nginx", "target", "met?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    server = t.get("aiohttp-server")
+    if server:
+        lines += ["", *ratio_table(result)]
     ref = t.get("aiohttp-relay")
     if ref:
         lines += ["", *reference_table(d, s, ref)]
     for note in result.get("notes", []):
         lines.append(f"\nNote: {note}")
     m = result["machine"]
+    if result.get("pinning"):
+        lines.append(f"\nCPU pinning: {result['pinning']}.")
     lines.append(
         f"\n{m['date']}, {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, "
         f"Python {m['python']}, sidecar at {m['sidecar_commit']} "
@@ -171,3 +176,76 @@ def reference_table(d: dict[str, Any], s: dict[str, Any], ref: dict[str, Any]) -
         share = "—" if r is None or v is None or not v else f"{100 * (v - r) / v:.0f}%"
         out.append(f"| {label} | {_fmt(r, digits)} | {_fmt(v, digits)} | {share} |")
     return out
+
+
+# Ratio targets, same run: a relay does a server's work plus a client's, so about twice the bare
+# aiohttp server is the floor for Python; nginx is what users would otherwise put in the pod.
+RATIO_TARGETS = {
+    "json_vs_server": 2.0,
+    "sse_vs_server": 2.5,
+    "sse_vs_nginx": 3.0,
+    "ttfb_vs_nginx": 1.3,  # plus TTFB_SLACK_MS
+    "hold_cpu_vs_nginx": 2.0,
+}
+TTFB_SLACK_MS = 0.1
+HOLD_RSS_MB = 50.0
+
+
+def _verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return "—"
+    return "yes" if value <= limit else f"**no** ({value / limit:.2f}x the target)"
+
+
+def ratio_table(result: dict[str, Any]) -> list[str]:
+    """Every sidecar figure as a ratio to nginx and to the bare aiohttp server, same run."""
+    t = result["targets"]
+    d, s, n, b = (t.get(k, {}) for k in ("direct", "sidecar", "nginx", "aiohttp-server"))
+
+    def added(x: dict[str, Any], pct: str) -> float | None:
+        v, base = _get(x, "ttfb", "ttfb_ms", pct), _get(d, "ttfb", "ttfb_ms", pct)
+        return None if v is None or base is None else v - base
+
+    def q(a: float | None, c: float | None) -> float | None:
+        return None if a is None or c is None or c <= 0 or a < 0 else a / c
+
+    rows: list[list[str]] = []
+    for phase, label, key_b, key_n in (
+        ("json", "CPU µs per JSON response", "json_vs_server", None),
+        ("sse", "CPU µs per 100-event stream", "sse_vs_server", "sse_vs_nginx"),
+    ):
+        sv, nv, bv = (_get(x, phase, "cpu_us_per") for x in (s, n, b))
+        targets = [f"≤ {RATIO_TARGETS[key_b]:g}x server"]
+        met = [_verdict(q(sv, bv), RATIO_TARGETS[key_b])]
+        if key_n:
+            targets.append(f"≤ {RATIO_TARGETS[key_n]:g}x nginx")
+            met.append(_verdict(q(sv, nv), RATIO_TARGETS[key_n]))
+        rows.append([label, _fmt(sv), _fmt(nv), _fmt(bv), _ratio(sv, nv), _ratio(sv, bv),
+                     ", ".join(targets), ", ".join(met)])  # fmt: skip
+    for pct in ("p50", "p99"):
+        sv, nv, bv = added(s, pct), added(n, pct), added(b, pct)
+        limit = None if nv is None else RATIO_TARGETS["ttfb_vs_nginx"] * nv + TTFB_SLACK_MS
+        target = f"≤ 1.3x nginx + {TTFB_SLACK_MS:g} ms" if pct == "p50" else "—"
+        met = _verdict(sv, limit) if pct == "p50" and limit is not None and limit > 0 else "—"
+        rows.append([f"added TTFB {pct} ms", _added(sv), _added(nv), _added(bv),
+                     _ratio(sv, nv), "—", target, met])  # fmt: skip
+    streams = result["sizes"]["streams"]
+    rss = [_get(x, "hold", "vmhwm_kib") for x in (s, n, b)]
+    mb = [None if v is None else v * 1024 / 1e6 for v in rss]
+    rows.append([f"peak RSS MB, {streams} open streams", *(_fmt(v) for v in mb),
+                 _ratio(mb[0], mb[1]), _ratio(mb[0], mb[2]), f"≤ {HOLD_RSS_MB:g} MB",
+                 _verdict(mb[0], HOLD_RSS_MB)])  # fmt: skip
+    cpu = [_get(x, "hold", "cpu_s") for x in (s, n, b)]
+    rows.append([f"CPU s carrying {streams} open streams", *(_fmt(v, 2) for v in cpu),
+                 _ratio(cpu[0], cpu[1]), _ratio(cpu[0], cpu[2]),
+                 f"≤ {RATIO_TARGETS['hold_cpu_vs_nginx']:g}x nginx",
+                 _verdict(q(cpu[0], cpu[1]), RATIO_TARGETS["hold_cpu_vs_nginx"])])  # fmt: skip
+    head = ["metric", "sidecar", "nginx", "bare aiohttp server", "sidecar/nginx",
+            "sidecar/server", "target", "met?"]  # fmt: skip
+    out = [
+        "Ratios in the same run (the bare server answers the upstream's bytes itself, no proxy)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]

@@ -4,14 +4,18 @@
 
 Every server and the load generator run in their own processes: ``upstream.py`` (a fast
 raw-asyncio upstream), ``python -m sidecar run``, nginx (one worker, generated config) and
-``load.py`` (aiohttp client). CPU figures are the proxy process's own user+sys time from
-/proc divided by the responses it relayed; memory is VmHWM from /proc. Every relayed
-response is checked complete and byte-identical to what the upstream sent.
+``load.py`` (aiohttp client). As in a pod, the proxy under test has a core of its own: it is
+pinned to the first CPU, and the load, the upstream and this script to the others. CPU
+figures are the proxy process's own user+sys time from /proc divided by the responses it
+relayed; memory is VmHWM from /proc. Every relayed response is checked complete and
+byte-identical to what the upstream sent. Two references run in the same way: a bare aiohttp
+server answering the upstream's bytes itself, and the smallest aiohttp relay.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -72,6 +76,39 @@ class Target:
         return [self.proc.pid]
 
 
+@dataclass(frozen=True)
+class Cores:
+    """Which CPUs the proxy under test gets, and which the load and the upstream get."""
+
+    proxy: frozenset[int] | None = None
+    rest: frozenset[int] | None = None
+
+    @classmethod
+    def split(cls) -> Cores:
+        """The first available CPU for the proxy, the others for everything else (≥ 2 CPUs)."""
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < 2:
+            return cls()
+        return cls(frozenset(available[:1]), frozenset(available[1:]))
+
+    def describe(self) -> str:
+        if self.proxy is None or self.rest is None:
+            return "not pinned (one CPU)"
+        return f"proxy on CPU {sorted(self.proxy)}, load and upstream on CPU {sorted(self.rest)}"
+
+
+CORES = Cores()
+# The checkout whose sidecar is measured (``--sidecar-root``): ``python -m`` imports from cwd.
+SIDECAR_ROOT = ROOT
+
+
+def pin(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child, and every thread it starts, to ``cpus``."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,7 +140,9 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen([PY, str(HERE / "upstream.py")], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [PY, str(HERE / "upstream.py")], stdout=subprocess.PIPE, preexec_fn=pin(CORES.rest)
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().split()
     if len(line) != 2 or line[0] != "PORT":
@@ -118,7 +157,13 @@ def start_sidecar(upstream_port: int, tmp: Path, tag: str) -> Target:
     cmd = [PY, "-m", "sidecar", "run", "--upstream", upstream, "--shutdown-timeout", "2"]
     cmd += ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=SIDECAR_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pin(CORES.proxy),
+        )
     wait_port(port, proc, "sidecar")
     return Target("sidecar", f"http://127.0.0.1:{port}{PATH}", proc, log)
 
@@ -127,7 +172,7 @@ def start_nginx(binary: str, upstream_port: int, tmp: Path, tag: str) -> Target:
     port = free_port()
     work = tmp / f"nginx-{tag}"
     work.mkdir()
-    proc = nginx.start(binary, work, port, upstream_port)
+    proc = nginx.start(binary, work, port, upstream_port, preexec_fn=pin(CORES.proxy))
     wait_port(port, proc, "nginx")
     deadline = monotonic() + 5
     while not procstat.children(proc.pid) and monotonic() < deadline:
@@ -137,7 +182,13 @@ def start_nginx(binary: str, upstream_port: int, tmp: Path, tag: str) -> Target:
 
 def load(url: str, mode: str, n: int, conc: int, *extra: str, deadline: float = 120) -> Any:
     cmd = [PY, str(HERE / "load.py"), url, mode, str(n), str(conc), "--deadline", str(deadline)]
-    done = subprocess.run([*cmd, *extra], capture_output=True, timeout=deadline + 30, check=False)
+    done = subprocess.run(
+        [*cmd, *extra],
+        capture_output=True,
+        timeout=deadline + 30,
+        check=False,
+        preexec_fn=pin(CORES.rest),
+    )
     if done.returncode != 0:
         raise RuntimeError(f"load.py failed: {done.stderr.decode()[-2000:]}")
     return orjson.loads(done.stdout)
@@ -205,6 +256,7 @@ def hold_phase(t: Target, sz: Sizes) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    cpu_before = sum(procstat.total_cpu(pids))
     deadline = sz.hold_chunks + 60
     try:
         result = load(
@@ -223,6 +275,9 @@ def hold_phase(t: Target, sz: Sizes) -> None:
         sampler.join()
     result["idle_rss_kib"] = idle
     result["peak_rss_sampled_kib"] = peak_rss
+    # CPU to carry the open streams: accepting, relaying one event a second, closing.
+    with contextlib.suppress(OSError):
+        result["cpu_s"] = round(sum(procstat.total_cpu(pids)) - cpu_before, 3)
     try:
         result["vmhwm_kib"] = procstat.total_kib(pids, "VmHWM")
     except OSError:  # the proxy died holding the streams: the sampled peak is all we have
@@ -272,7 +327,7 @@ def machine() -> dict[str, Any]:
 
 def git(*args: str) -> str:
     try:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, timeout=10)
+        done = subprocess.run(["git", *args], cwd=SIDECAR_ROOT, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout.decode().strip()
@@ -324,9 +379,18 @@ def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
 def start_bare_relay(upstream_port: int, tmp: Path, tag: str) -> Target:
     port = free_port()
     cmd = [PY, str(HERE / "bare_relay.py"), f"http://127.0.0.1:{upstream_port}", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin(CORES.proxy))
     wait_port(port, proc, "bare aiohttp relay")
     return Target("aiohttp-relay", f"http://127.0.0.1:{port}{PATH}", proc)
+
+
+def start_bare_server(upstream_port: int, tmp: Path, tag: str) -> Target:
+    """The reference server: the upstream's bytes answered by aiohttp itself, no proxying."""
+    port = free_port()
+    cmd = [PY, str(HERE / "bare_server.py"), str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin(CORES.proxy))
+    wait_port(port, proc, "bare aiohttp server")
+    return Target("aiohttp-server", f"http://127.0.0.1:{port}{PATH}", proc)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -346,7 +410,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         starters.append(("nginx", lambda port, tmp, tag: start_nginx(binary, port, tmp, tag)))
     if not args.no_reference:
+        starters.append(("aiohttp-server", start_bare_server))
         starters.append(("aiohttp-relay", start_bare_relay))
+    global CORES, SIDECAR_ROOT
+    CORES = Cores() if args.no_pin else Cores.split()
+    SIDECAR_ROOT = Path(args.sidecar_root).resolve() if args.sidecar_root else ROOT
+    if CORES.rest is not None:
+        os.sched_setaffinity(0, CORES.rest)
+    print(f"CPU pinning: {CORES.describe()}", flush=True)
     started = monotonic()
     upstream, up_port = start_upstream()
     results: dict[str, dict[str, Any]] = {}
@@ -392,6 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "sizes": sz.__dict__,
         "wall_s": round(monotonic() - started, 1),
+        "pinning": CORES.describe(),
         "notes": notes,
         "targets": results,
     }
@@ -403,7 +475,17 @@ def main() -> int:
     parser.add_argument("--out", help="write the full results as JSON to this file")
     parser.add_argument("--streams", type=int, default=1000, help="open streams for memory")
     parser.add_argument(
-        "--no-reference", action="store_true", help="skip the bare aiohttp relay reference"
+        "--no-reference",
+        action="store_true",
+        help="skip the bare aiohttp server and relay reference columns",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin the proxy and the load to CPUs"
+    )
+    parser.add_argument(
+        "--sidecar-root",
+        metavar="DIR",
+        help="measure the sidecar of another checkout (e.g. a git worktree of an older commit)",
     )
     parser.add_argument(
         "--profile", metavar="PREFIX", help="sample the sidecar with py-spy: PREFIX.json.txt ..."
