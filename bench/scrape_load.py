@@ -27,6 +27,8 @@ import aiohttp
 import orjson
 import uvloop
 
+from sidecar.settings import DEFAULT_MODELS  # the names the sidecar keeps as labels
+
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from payloads import (
     CHUNKS_HEADER,
@@ -53,14 +55,6 @@ ROUTES = (
     "/models",
     "/user/balance",
     "/bench/other",
-)
-KNOWN_MODELS = (
-    "deepseek-flash",
-    "deepseek-v4-pro",
-    "deepseek-v4-flash",
-    "deepseek-v4-flash-vision-exp",
-    "deepseek-chat",
-    "deepseek-reasoner",
 )
 STATUSES = (200, 400, 401, 402, 422, 429, 500, 503)
 FAULTS = ("abort", "garbage", "stall", "leave")  # "leave": the client disconnects mid-stream
@@ -93,13 +87,13 @@ def fill_specs(profile: str) -> list[Spec]:
     """``realistic``: 400 mixed requests, 20 models, 4 routes. ``worst``: every combination."""
     if profile == "realistic":  # each application sticks to one model, route and mode
         rng = random.Random(7)
-        models = [*KNOWN_MODELS, *(f"team-model-{i}" for i in range(14))]
+        models = [*DEFAULT_MODELS, *(f"team-model-{i}" for i in range(14))]
         home = {m: (ROUTES[i % 4], i % 3 != 0) for i, m in enumerate(models)}
         statuses = (200,) * 17 + (429, 400, 500)
         picks = [rng.choice(models) for _ in range(400)]
         return [(*home[m][:1], m, home[m][1], rng.choice(statuses), "") for m in picks]
     # 6 known names + 24 more (the cap keeps 20, the rest become "other") + no model ("none")
-    models: list[str | None] = [*KNOWN_MODELS, *(f"team-model-{i}" for i in range(24)), None]
+    models: list[str | None] = [*DEFAULT_MODELS, *(f"team-model-{i}" for i in range(24)), None]
     specs: list[Spec] = []
     for path, model, stream in itertools.product(ROUTES, models, (False, True)):
         specs += [(path, model, stream, status, "") for status in STATUSES]

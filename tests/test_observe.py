@@ -232,25 +232,24 @@ def test_the_chunk_fast_path_observes_exactly_what_event_by_event_decoding_does(
         assert observed(chunks, fast=True) == observed(chunks, fast=False)
 
 
-def test_a_comment_quoting_content_is_not_a_token_on_the_fast_path() -> None:
-    first = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
-    quiet = b'data: {"choices":[{"delta":{"content":""}}]}\n\n: {"content":"not a token"}\n\n'
-    for fast in (True, False):
-        ex = exchange()
-        reader = reader_for(ex, "text/event-stream", None)
-        reader.fast_path = fast  # type: ignore[attr-defined]
-        reader.feed(first, 1.0)
-        reader.feed(quiet, 2.0)
-        assert (ex.first_token_at, ex.last_token_at) == (1.0, 1.0)
+FIRST = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
+EMPTY = b'data: {"choices":[{"delta":{"content":""}}]}\n\n'
 
 
-def test_a_read_of_several_events_counts_content_after_an_empty_one() -> None:
-    first = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
-    pair = b'data: {"choices":[{"delta":{"content":""}}]}\n\ndata: {"choices":[{"delta":{"content":"x"}}]}\n\n'  # noqa: E501
-    for fast in (True, False):
-        ex = exchange()
-        reader = reader_for(ex, "text/event-stream", None)
-        reader.fast_path = fast  # type: ignore[attr-defined]
-        reader.feed(first, 1.0)
-        reader.feed(pair, 2.0)
-        assert (ex.first_token_at, ex.last_token_at) == (1.0, 2.0)
+@pytest.mark.parametrize(
+    ("read", "last_token_at"),
+    [
+        # a comment quoting a text field is not a token
+        (EMPTY + b': {"content":"not a token"}\n\n', 1.0),
+        # one read holding an empty delta, then a token: the token counts
+        (EMPTY + b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n', 2.0),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("fast", [True, False])
+def test_reads_after_the_first_token(read: bytes, last_token_at: float, fast: bool) -> None:
+    ex = exchange()
+    reader = reader_for(ex, "text/event-stream", None)
+    reader.fast_path = fast  # type: ignore[attr-defined]
+    reader.feed(FIRST, 1.0)
+    reader.feed(read, 2.0)
+    assert (ex.first_token_at, ex.last_token_at) == (1.0, last_token_at)
