@@ -9,8 +9,8 @@ that records metrics and writes the log line.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from time import monotonic
@@ -90,7 +90,8 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received_at = monotonic()
         incoming_id = request.headers.get("x-request-id", "")
-        request_id = incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like a UUID4's hex but a quarter of its cost.
+        request_id = incoming_id if _REQUEST_ID.fullmatch(incoming_id) else os.urandom(16).hex()
         ex = Exchange(
             request_id=request_id,
             method=request.method,
