@@ -8,13 +8,14 @@ work can be told apart. ``python bench/bare_relay.py UPSTREAM_URL PORT``.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import aiohttp
 import uvloop
 from aiohttp import web
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from serving import serve_until_signalled
 
 HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "host", "content-length"})
 
@@ -42,15 +43,7 @@ async def main(upstream: str, port: int) -> None:
             await response.write_eof()
             return response
 
-    runner = web.ServerRunner(web.Server(relay, access_log=None), handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(web.Server(relay, access_log=None), port)
     await session.close()
 
 

@@ -11,7 +11,6 @@ CPU is the floor for a Python relay; the bench reports the sidecar as a ratio to
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 import uvloop
@@ -19,6 +18,7 @@ from aiohttp import web
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from payloads import CHUNKS_HEADER, INTERVAL_HEADER, json_body, sse_events
+from serving import serve_until_signalled
 
 JSON_HEADERS = {"Content-Type": "application/json", "x-ds-trace-id": "bench"}
 SSE_HEADERS = {
@@ -46,15 +46,7 @@ async def answer(request: web.BaseRequest) -> web.StreamResponse:
 
 
 async def main(port: int) -> None:
-    runner = web.ServerRunner(web.Server(answer), handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(web.Server(answer, access_log=None), port)
 
 
 if __name__ == "__main__":

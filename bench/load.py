@@ -32,15 +32,19 @@ from payloads import (
 )
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(
+    values: list[float], points: tuple[float, ...] = (0.5, 0.9, 0.99, 1.0), digits: int = 4
+) -> dict[str, float]:
+    """Nearest-rank percentiles keyed ``p50``, ``p99.9``, ``max``, plus the count ``n``."""
     if not values:
         return {}
     ordered = sorted(values)
-
-    def pick(p: float) -> float:
-        return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], 4)
-
-    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": pick(1.0)}
+    out: dict[str, float] = {}
+    for p in points:
+        key = "max" if p == 1.0 else f"p{round(p * 100, 3):g}"
+        out[key] = round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], digits)
+    out["n"] = len(ordered)
+    return out
 
 
 class Load:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import math
 import random
 import resource
 import sys
@@ -30,6 +29,7 @@ import uvloop
 from sidecar.settings import DEFAULT_MODELS  # the names the sidecar keeps as labels
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import load
 from payloads import (
     CHUNKS_HEADER,
     ECHO_FAULT_HEADER,
@@ -61,20 +61,8 @@ FAULTS = ("abort", "garbage", "stall", "leave")  # "leave": the client disconnec
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(p: float) -> float:
-        return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], 3)
-
-    return {
-        "p50": pick(0.5),
-        "p99": pick(0.99),
-        "p99.9": pick(0.999),
-        "max": pick(1.0),
-        "n": len(ordered),
-    }
+    """The tail that matters for stalls: p50, p99, p99.9, max (ms, 3 decimals)."""
+    return load.percentiles(values, (0.5, 0.99, 0.999, 1.0), digits=3)
 
 
 # --- fill ---------------------------------------------------------------------------------
