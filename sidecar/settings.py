@@ -65,6 +65,13 @@ class Settings:
     api_key_file: str | None = None
     balance_poll_s: float = 0.0
     log_queue_lines: int = 4096
+    upstream_ca_file: str | None = None
+    upstream_proxy: str | None = None
+    client_timeout_s: float = 60.0
+    guard_redis_url: str | None = None
+    guard_key: str | None = None
+    guard_lease_s: float = 30.0
+    otlp_endpoint: str | None = None
 
     def masked(self) -> dict[str, Any]:
         """The effective settings for logs and ``check-config``, secrets replaced."""
@@ -73,6 +80,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "api_key":
                 value = None if value is None else "***"
+            elif f.name in ("upstream_proxy", "guard_redis_url", "otlp_endpoint") and value:
+                value = _without_password(value)
             elif isinstance(value, Address):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -124,6 +133,34 @@ def _url(raw: Any) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment")
     return text
+
+
+def _any_url(*schemes: str) -> Parser:
+    """A URL with one of ``schemes``; credentials in it are allowed (proxies, Redis)."""
+
+    def parse(raw: Any) -> str:
+        text = _text(raw)
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("bad port") from None
+        return text
+
+    return parse
+
+
+def _without_password(url: str) -> str:
+    """The URL as logs may show it: a password becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
 
 
 def _address(raw: Any) -> Address:
@@ -204,6 +241,20 @@ OPTIONS: tuple[Option, ...] = (
            "balance poll interval (0 = off)", "S"),
     Option("log_queue_lines", "--log-queue-lines", "SIDECAR_LOG_QUEUE_LINES", _integer(1),
            "log lines held while stdout is blocked, then dropped", "N"),
+    Option("upstream_ca_file", "--upstream-ca-file", "SIDECAR_UPSTREAM_CA_FILE", _text,
+           "extra PEM CA bundle for the upstream", "FILE"),
+    Option("upstream_proxy", "--upstream-proxy", "SIDECAR_UPSTREAM_PROXY",
+           _any_url("http", "https"), "egress proxy (unset: HTTPS_PROXY etc.)", "URL"),
+    Option("client_timeout_s", "--client-timeout", "SIDECAR_CLIENT_TIMEOUT_S",
+           _number(0, strict=True), "longest a client may take to send its request", "S"),
+    Option("guard_redis_url", "--guard-redis-url", "SIDECAR_GUARD_REDIS_URL",
+           _any_url("redis", "rediss"), "share --max-concurrency through this Redis", "URL"),
+    Option("guard_key", "--guard-key", "SIDECAR_GUARD_KEY", _text,
+           "shared budget name (default: upstream name)", "NAME"),
+    Option("guard_lease_s", "--guard-lease-s", "SIDECAR_GUARD_LEASE_S", _number(0, strict=True),
+           "a dead sidecar's slots return within this time", "S"),
+    Option("otlp_endpoint", "--otlp-endpoint", "SIDECAR_OTLP_ENDPOINT", _any_url("http", "https"),
+           "OTLP/HTTP endpoint for spans and GenAI metrics", "URL"),
 )
 # fmt: on
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}

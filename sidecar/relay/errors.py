@@ -22,6 +22,9 @@ class SidecarError(StrEnum):
     BAD_REQUEST = "bad_request"
     LOCAL_RATE_LIMITED = "local_rate_limited"
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
+    UPSTREAM_TLS_ERROR = "upstream_tls_error"
+    REQUEST_HEADER_TOO_LARGE = "request_header_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
 
 
 STATUS = {
@@ -31,6 +34,9 @@ STATUS = {
     SidecarError.BAD_REQUEST: 400,
     SidecarError.LOCAL_RATE_LIMITED: 429,
     SidecarError.UPSTREAM_BAD_RESPONSE: 502,
+    SidecarError.UPSTREAM_TLS_ERROR: 502,
+    SidecarError.REQUEST_HEADER_TOO_LARGE: 431,
+    SidecarError.REQUEST_TIMEOUT: 408,
 }
 
 

@@ -109,6 +109,18 @@ SPECS: tuple[Spec, ...] = (
          "Accepts or upstream connects that failed for lack of file descriptors."),
     Spec("llm_sidecar_log_lines_dropped_total", "counter", (),
          "Log lines dropped because stdout stayed blocked longer than the log queue holds."),
+    Spec("llm_fallbacks_total", "counter", ("from", "to", "reason"),
+         "Exchanges sent to a fallback: 429, 5xx, connect, timeout, breaker_open."),
+    Spec("llm_upstream_circuit_state", "gauge", ("upstream",),
+         "Circuit breaker of an upstream: 0 closed, 1 open, 2 half-open."),
+    Spec("llm_sidecar_guard_backend_up", "gauge", ("backend",),
+         "1 while the shared guard's backend (Redis) answers, else 0."),
+    Spec("llm_sidecar_guard_backend_errors_total", "counter", ("backend",),
+         "Shared-guard backend calls that failed or timed out (the local guard took over)."),
+    Spec("llm_sidecar_guard_in_flight", "gauge", ("scope",),
+         "Exchanges holding a guard slot: local (this sidecar) or cluster (read from Redis)."),
+    Spec("llm_sidecar_otel_dropped_total", "counter", ("signal",),
+         "Spans or metric points the OpenTelemetry exporter dropped."),
 )
 # fmt: on
 
@@ -224,6 +236,25 @@ class Metrics:
 
     def log_line_dropped(self) -> None:
         self.m["llm_sidecar_log_lines_dropped_total"].inc()
+
+    def otel_dropped(self, signal: str, count: int = 1) -> None:
+        """``signal`` is ``spans`` or ``metrics``."""
+        self._child("llm_sidecar_otel_dropped_total", signal).inc(count)
+
+    def fallback(self, from_upstream: str, to_upstream: str, reason: str) -> None:
+        self._child("llm_fallbacks_total", from_upstream, to_upstream, reason).inc()
+
+    def circuit_state(self, upstream: str, state: int) -> None:
+        self._child("llm_upstream_circuit_state", upstream).set(state)
+
+    def guard_backend(self, up: bool) -> None:
+        self._child("llm_sidecar_guard_backend_up", "redis").set(1 if up else 0)
+
+    def guard_backend_error(self) -> None:
+        self._child("llm_sidecar_guard_backend_errors_total", "redis").inc()
+
+    def guard_in_flight(self, scope: str, count: int) -> None:
+        self._child("llm_sidecar_guard_in_flight", scope).set(count)
 
     def fd_exhausted(self) -> None:
         self.m["llm_sidecar_fd_exhausted_total"].inc()
