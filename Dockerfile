@@ -11,12 +11,14 @@ ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE} AS build
 ARG VERSION=0.1.0
 ARG WHEELS=.build/image/wheels-py3.12
+# Optional features installed with it (shared guard over Redis, OpenTelemetry export).
+ARG EXTRAS=redis,otel
 COPY ${WHEELS}/ /wheels/
 # pip installs from the copied wheels only, then removes itself (and setuptools, which older
 # Pythons put in every venv) so the runtime venv holds the program and its dependencies only.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
-        "deepseek-sidecar==${VERSION}" \
+        "deepseek-sidecar[${EXTRAS}]==${VERSION}" \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
     && /opt/venv/bin/deepseek-sidecar --help >/dev/null
 

@@ -43,6 +43,8 @@ IMAGE ?= deepseek-sidecar:dev
 BASE_IMAGE ?= python:3.12-slim
 IMAGE_PYTHON ?= 3.12
 STANDIN_BASE ?= localhost/deepseek-sidecar-standin:bookworm
+# The opt-in shared guard (Redis) and OpenTelemetry export work in the image without a rebuild.
+IMAGE_EXTRAS := redis,otel
 IMAGE_BUILD := .build/image
 IMAGE_WHEELS := $(IMAGE_BUILD)/wheels-py$(IMAGE_PYTHON)
 IMAGE_ARCH := $(shell uname -m)
@@ -62,9 +64,10 @@ image: $(STAMP)
 	$(BIN)/pip download --quiet --only-binary=:all: --implementation cp \
 		--python-version $(IMAGE_PYTHON) --abi cp$(subst .,,$(IMAGE_PYTHON)) --abi abi3 --abi none \
 		$(IMAGE_PLATFORMS) --constraint $(IMAGE_BUILD)/constraints.txt --dest $(IMAGE_WHEELS) \
-		$(IMAGE_WHEELS)/deepseek_sidecar-$(VERSION)-py3-none-any.whl
+		"$(IMAGE_WHEELS)/deepseek_sidecar-$(VERSION)-py3-none-any.whl[$(IMAGE_EXTRAS)]"
 	scripts/build-image.sh $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		--build-arg WHEELS=$(IMAGE_WHEELS) --build-arg VERSION=$(VERSION) \
+		--build-arg EXTRAS=$(IMAGE_EXTRAS) \
 		--build-arg SOURCE_URL=$(shell git remote get-url origin 2>/dev/null) \
 		--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null)
 
