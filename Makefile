@@ -18,8 +18,8 @@ test: $(STAMP)
 	$(BIN)/pytest --ignore=tests/image
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests bench deploy
-	$(BIN)/ruff format --check sidecar tests bench deploy
+	$(BIN)/ruff check sidecar tests bench deploy dashboards
+	$(BIN)/ruff format --check sidecar tests bench deploy dashboards
 	$(BIN)/mypy
 
 demo: $(STAMP)

@@ -8,12 +8,13 @@ The admin app serves ``/metrics``, ``/healthz`` and ``/readyz`` on its own port.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from sidecar.accounting.balance import BalancePoller
 from sidecar.accounting.catalogue import Catalogue
 from sidecar.accounting.cost import price_exchange
+from sidecar.admission.fallback import BREAKER_OPEN, Router
 from sidecar.admission.guard import ConcurrencyGuard
 from sidecar.admission.retry import RetryPolicy
 from sidecar.exchange import Exchange
@@ -31,7 +33,10 @@ from sidecar.relay.descriptors import (
     needed_for,
     raise_open_files_limit,
 )
-from sidecar.relay.errors import EnvelopeServer
+from sidecar.relay.egress import Egress
+from sidecar.relay.errors import SidecarError
+from sidecar.relay.failover import Failover
+from sidecar.relay.ingress import MAX_FIELD_SIZE, MAX_HEADERS, MAX_LINE_SIZE, IngressServer
 from sidecar.relay.proxy import Proxy
 from sidecar.relay.upstream import Attempt
 from sidecar.settings import Address, Settings, SettingsError
@@ -40,6 +45,9 @@ from sidecar.telemetry.labels import ModelLabels
 from sidecar.telemetry.logs import build_logger, log_exchange
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.writer import LineWriter
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.otel import OtelExport
 
 READY = web.AppKey("ready", dict)
 # How long a stopping sidecar waits for stdout to take its last queued lines.
@@ -57,10 +65,12 @@ class Sidecar:
     session: aiohttp.ClientSession | None = None
     catalogue: Catalogue = field(default_factory=Catalogue.builtin)
     poller: BalancePoller | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # OTEL_* variables
 
     def __post_init__(self) -> None:
         s = self.settings
-        models = ModelLabels(s.models, s.max_models)
+        mapped = (m for fb in s.fallback for m in fb.models.values())  # bounded by the config
+        models = ModelLabels((*s.models, *mapped), s.max_models)
         self.metrics = Metrics(self.registry, s.upstream_name, models)
         self.log_writer: LineWriter | None = None
         if self.logger is None:  # stdout, written off the event loop
@@ -70,14 +80,15 @@ class Sidecar:
             self.logger = build_logger(s.log_level, s.log_format, self.log_writer)
         self.metrics.configured(s.limit_rpm, s.limit_tpm, s.limit_concurrency)
         self.metrics.retirements(self.catalogue.retirements())
-        guard = (
-            ConcurrencyGuard(s.max_concurrency, s.guard_max_wait_s) if s.max_concurrency else None
-        )
+        self.guard = self._guard()
         self.fd_report = ExhaustionReport(self.metrics.fd_exhausted, self.logger)
+        self.otel = self._otel()
+        self.egress = Egress.from_settings(s, self.environ)  # proxy variables read once, here
         attempt = Attempt(
             RetryPolicy(s.retry_max_attempts, s.retry_max_wait_s),
             log=self.logger,
             on_fd_exhausted=self.fd_report.failed,
+            egress=self.egress,
         )
         self.proxy = Proxy(
             self.settings,
@@ -85,8 +96,60 @@ class Sidecar:
             on_started=lambda ex: self.metrics.started(ex.route),
             on_finished=self._finished,
             attempt=attempt,
-            guard=guard,
+            guard=self.guard,
+            failover=self._failover(attempt),
+            on_upstream_headers=self.otel.trace_context if self.otel else None,
         )
+
+    def _failover(self, attempt: Attempt) -> Failover | None:
+        """Fallback upstreams, each with a breaker, when the config file lists any."""
+        s = self.settings
+        if not s.fallback:
+            return None
+        router = Router(
+            s.upstream_name,
+            s.fallback,
+            s.breaker_failures,
+            s.breaker_cooldown_s,
+            on_state=self.metrics.circuit_state,
+        )
+        for fb in s.fallback:  # the pairs that can happen exist at zero from the start
+            for reason in (*sorted(fb.on), BREAKER_OPEN):
+                self.metrics.fallback(s.upstream_name, fb.name, reason, 0)
+        return Failover(router, attempt, self._session, s.upstream, on_moved=self.metrics.moved)
+
+    def _guard(self) -> ConcurrencyGuard | None:
+        """The opt-in guard: local, or shared through Redis (imported only when asked for)."""
+        s = self.settings
+        if not s.max_concurrency:
+            return None
+        if s.guard_redis_url is None:
+            return ConcurrencyGuard(s.max_concurrency, s.guard_max_wait_s)
+        from sidecar.admission.shared_guard import SharedGuard
+
+        key = s.guard_key or s.upstream_name
+        return SharedGuard(
+            s.guard_redis_url,
+            key,
+            s.max_concurrency,
+            s.guard_max_wait_s,
+            s.guard_lease_s,
+            report=self.metrics,
+            log=self.logger,
+        )
+
+    def _otel(self) -> OtelExport | None:
+        """OpenTelemetry export when ``--otlp-endpoint`` is set; the SDK is an optional extra."""
+        if self.settings.otlp_endpoint is None:
+            return None
+        try:
+            from sidecar.telemetry.otel import build
+        except ImportError:
+            raise SettingsError(
+                "--otlp-endpoint: OpenTelemetry export needs the otel extra "
+                "(pip install 'deepseek-sidecar[otel]')"
+            ) from None
+        return build(self.settings, self.environ, self.metrics.otel_dropped)
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -99,23 +162,15 @@ class Sidecar:
             price_exchange(ex, self.catalogue)
             self.metrics.record(ex)
             log_exchange(self.logger, ex, self.metrics.models.label(ex.model))
+            if self.otel is not None:
+                self.otel.finished(ex)
         except Exception as exc:  # pragma: no cover - defensive: never fail the response
             self.logger.error("record_failed", error=type(exc).__name__)
 
     async def start(self) -> None:
         s = self.settings
         self.fd_report.install(asyncio.get_running_loop())
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=s.connect_timeout_s, sock_read=s.idle_timeout_s
-        )
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),  # no pool cap: the guard is the cap
-            timeout=timeout,
-            auto_decompress=False,  # relay compressed bytes untouched
-            cookie_jar=aiohttp.DummyCookieJar(),  # never share one client's cookies with another
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            trust_env=False,
-        )
+        self.session = self.egress.open_session(s)  # TLS store, egress proxy, pool expiry
         if s.balance_poll_s > 0 and s.api_key:
             self.poller = BalancePoller(
                 self.session,
@@ -126,15 +181,35 @@ class Sidecar:
                 on_failure=self.metrics.balance_failure,
             )
             self.poller.start()
+        if self.guard is not None:
+            await self.guard.start()
 
     async def close(self) -> None:
+        if self.otel is not None:  # the proxy has drained: every span has been handed over
+            await asyncio.to_thread(self.otel.shutdown)
         if self.poller is not None:
             await self.poller.stop()
+        if self.guard is not None:
+            await self.guard.close()  # after the drain: every slot has been released
         if self.session is not None:
             await self.session.close()
 
     def proxy_server(self) -> web.Server:
-        return EnvelopeServer(self.proxy.handle, handler_cancellation=True, access_log=None)
+        return IngressServer(
+            self.proxy.handle,
+            client_timeout_s=self.settings.client_timeout_s,
+            on_rejected=self._rejected,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,  # a client's compressed body is forwarded as sent
+            max_line_size=MAX_LINE_SIZE,
+            max_field_size=MAX_FIELD_SIZE,
+            max_headers=MAX_HEADERS,
+        )
+
+    def _rejected(self, kind: SidecarError) -> None:
+        """A request answered before it was one (unparseable, head too large or too slow)."""
+        self.logger.info("request_rejected", error_type=kind.value)
 
     def admin_app(self) -> web.Application:
         app = web.Application()

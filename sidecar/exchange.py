@@ -60,6 +60,22 @@ class RateLimits:
     reset_s: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class TraceIds:
+    """The exchange's span in W3C trace context, fixed when the request is forwarded (its span
+    id goes upstream in ``traceparent``); only set when OpenTelemetry export is on."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None  # None: the exchange's span is a trace root
+    flags: int  # W3C trace flags: 0x01 sampled, 0x02 random trace id
+    trace_state: tuple[tuple[str, str], ...] = ()  # the client's tracestate entries
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & 0x01)
+
+
 @dataclass(slots=True)
 class Exchange:
     """Everything known about one exchange; ``*_at`` are ``time.monotonic()`` stamps."""
@@ -69,6 +85,8 @@ class Exchange:
     route: str
     received_at: float
     started_wall: datetime
+    upstream: str = ""  # the upstream that answered (its label); set when the exchange starts
+    fallback_from: str | None = None  # the primary upstream, when a fallback answered instead
     requested_model: str | None = None
     stream: bool = False
     sent_at: float | None = None
@@ -87,6 +105,9 @@ class Exchange:
     upstream_trace_id: str | None = None
     attempts: int = 0
     attempt_codes: list[str] = field(default_factory=list)
+    # Attempts at upstreams that did not answer, as (upstream, code): before a fallback took over.
+    prior_attempts: list[tuple[str, str]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)  # (from, to, reason)
     guard_wait_s: float | None = None
     sidecar_error: str | None = None
     parse_error: str | None = None
@@ -95,6 +116,9 @@ class Exchange:
     cost_usd: float | None = None
     unpriced: bool = False
     outcome: Outcome | None = None
+    trace: TraceIds | None = None
+    response_id: str | None = None  # the upstream's id of the completion (``chatcmpl-...``)
+    finish_reasons: tuple[str, ...] = ()  # one per choice, as the upstream reported them
 
     @property
     def model(self) -> str | None:

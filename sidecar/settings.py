@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+from sidecar.admission.fallback import Fallback, FallbackConfigError, parse_fallbacks
 
 DEFAULT_MODELS = (
     "deepseek-flash",
@@ -72,6 +74,9 @@ class Settings:
     guard_key: str | None = None
     guard_lease_s: float = 30.0
     otlp_endpoint: str | None = None
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    fallback: tuple[Fallback, ...] = ()
 
     def masked(self) -> dict[str, Any]:
         """The effective settings for logs and ``check-config``, secrets replaced."""
@@ -80,6 +85,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "api_key":
                 value = None if value is None else "***"
+            elif f.name == "fallback":
+                value = [fb.masked() for fb in value]
             elif f.name in ("upstream_proxy", "guard_redis_url", "otlp_endpoint") and value:
                 value = _without_password(value)
             elif isinstance(value, Address):
@@ -255,9 +262,13 @@ OPTIONS: tuple[Option, ...] = (
            "a dead sidecar's slots return within this time", "S"),
     Option("otlp_endpoint", "--otlp-endpoint", "SIDECAR_OTLP_ENDPOINT", _any_url("http", "https"),
            "OTLP/HTTP endpoint for spans and GenAI metrics", "URL"),
+    # Fallback (TOML file only): the breaker's schedule; the [[fallback]] tables are read by load.
+    Option("breaker_failures", "", "", _integer(1), "consecutive failures that open a breaker"),
+    Option("breaker_cooldown_s", "", "", _number(0, strict=True), "open time before a probe"),
 )
 # fmt: on
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+FILE_TABLES = frozenset({"fallback"})  # read by ``load`` itself: they need the environment
 
 
 def _parse(option: Option, raw: Any, where: str) -> Any:
@@ -277,6 +288,8 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise SettingsError(f"--config: {path!r} is not valid TOML ({exc})") from None
     for key in data:
         option = OPTIONS_BY_NAME.get(key)
+        if key in FILE_TABLES:
+            continue
         if option is None or not option.in_file:
             raise SettingsError(f"{path}: unknown key {key!r}")
     return data
@@ -290,18 +303,61 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
     for option in OPTIONS:
         if flags.get(option.name) is not None:
             values[option.name] = _parse(option, flags[option.name], option.flag)
-        elif environ.get(option.env, "") != "":
+        elif option.env and environ.get(option.env, "") != "":
             values[option.name] = _parse(option, environ[option.env], option.env)
         elif option.name in file_values:
             where = f"{config_path}: {option.name}"
             values[option.name] = _parse(option, file_values[option.name], where)
+    if "fallback" in file_values:
+        values["fallback"] = _fallbacks(file_values["fallback"], environ, config_path)
     settings = _with_key_from_file(Settings(**values))
+    if any(fb.name == settings.upstream_name for fb in settings.fallback):
+        raise SettingsError(
+            f"{config_path}: fallback name {settings.upstream_name!r} is the upstream's own name"
+        )
     if settings.balance_poll_s > 0 and settings.api_key is None:
         raise SettingsError(
             f"--balance-poll: invalid value {settings.balance_poll_s:g} "
             "(needs an API key: SIDECAR_API_KEY or --api-key-file)"
         )
-    return settings
+    return _with_shared_guard(settings, environ)
+
+
+def _fallbacks(raw: Any, environ: Mapping[str, str], path: str | None) -> tuple[Fallback, ...]:
+    try:
+        return parse_fallbacks(raw, environ)
+    except FallbackConfigError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+
+
+def _with_shared_guard(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Check the shared guard's settings; a password from the environment joins the URL.
+
+    The URL is the one place the password lives, so ``masked()`` hides it wherever it came from.
+    """
+    url = settings.guard_redis_url
+    if url is None:
+        return settings
+    if not settings.max_concurrency:
+        raise SettingsError("--guard-redis-url: needs --max-concurrency N (the budget it shares)")
+    if settings.guard_lease_s < 1:
+        raise SettingsError(
+            f"--guard-lease-s: invalid value {settings.guard_lease_s:g} "
+            "(must be >= 1: leases are renewed every third of it)"
+        )
+    try:
+        import redis  # noqa: F401 - optional extra, checked here so the error is one line
+    except ImportError:
+        raise SettingsError(
+            "--guard-redis-url: needs the redis package (pip install 'deepseek-sidecar[redis]')"
+        ) from None
+    password = environ.get("SIDECAR_GUARD_REDIS_PASSWORD", "")
+    parts = urlsplit(url)
+    if not password or parts.password is not None:
+        return settings
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    return _replace(settings, guard_redis_url=parts._replace(netloc=netloc).geturl())
 
 
 def _with_key_from_file(settings: Settings) -> Settings:

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, bound_port, running
@@ -23,14 +24,18 @@ from sidecar.telemetry.logs import build_logger
 from tests.fake_realtime import FakeRealtime
 from tests.fake_upstream import FakeUpstream
 
+# The Debian package that brings each binary the tests start (.ci/run installs them).
+_PACKAGES = {"promtool": "prometheus", "redis-server": "redis-server", "tinyproxy": "tinyproxy"}
+
 
 def require_binary(name: str) -> str:
     """Path of a system binary; skip locally when missing, fail under CI=true."""
     path = shutil.which(name)
     if path is None:
+        hint = f"apt-get install {_PACKAGES.get(name, name)}"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required in CI (apt-get install prometheus)")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+            pytest.fail(f"{name} is required in CI ({hint})")
+        pytest.skip(f"{name} is not installed ({hint})")
     return path
 
 
@@ -102,6 +107,11 @@ async def realtime_upstream() -> AsyncIterator[tuple[FakeRealtime, str]]:
 
 
 SidecarFactory = Callable[..., Any]
+
+# Hypothesis: the default profile keeps `make test` fast; HYPOTHESIS_PROFILE=long is the nightly
+# run (tests/test_fuzz.py takes its example count from it).
+settings.register_profile("long", max_examples=3000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

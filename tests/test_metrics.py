@@ -79,6 +79,7 @@ async def test_openmetrics_carries_request_id_exemplars(
 REFERENCING = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "docs" / "runbooks").glob("*.md")),
     ROOT / "deploy" / "prometheus" / "rules.yml",
     ROOT / "deploy" / "prometheus" / "rules.test.yml",
     *sorted((ROOT / "dashboards").glob("*.json")),

@@ -208,7 +208,7 @@ def observed(chunks: list[bytes], fast: bool) -> tuple[object, ...]:
         reader.feed(chunk, float(tick + 1))
     reader.close(999.0)
     return (ex.first_data_at, ex.first_token_at, ex.last_token_at, ex.usage, ex.reported_model,
-            ex.saw_queue_signal, ex.parse_error)  # fmt: skip
+            ex.saw_queue_signal, ex.parse_error, ex.response_id, ex.finish_reasons)  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
@@ -253,3 +253,47 @@ def test_reads_after_the_first_token(read: bytes, last_token_at: float, fast: bo
     reader.feed(FIRST, 1.0)
     reader.feed(read, 2.0)
     assert (ex.first_token_at, ex.last_token_at) == (1.0, last_token_at)
+
+
+@pytest.mark.parametrize(
+    ("name", "response_id", "finish_reasons"),
+    [
+        ("deepseek-chat-stream.sse", "3c9e41d2-8b7a-4f0e-9d61-2a5b7c0e4f18", ("stop",)),
+        ("deepseek-chat-toolcall-stream.sse", None, ("tool_calls",)),
+        ("openai-stream-include-usage.sse", None, ("stop",)),
+        ("anthropic-messages-stream.sse", "msg_01Fq8WzK3vTn6LpR2cXy9HdB", ("end_turn",)),
+    ],
+)
+def test_stream_response_id_and_finish_reasons(
+    name: str, response_id: str | None, finish_reasons: tuple[str, ...]
+) -> None:
+    ex = feed_events(name, "messages" if name.startswith("anthropic") else "chat_completions")
+    if response_id is not None:
+        assert ex.response_id == response_id
+    else:
+        assert ex.response_id  # every fixture's first event carries an id
+    assert ex.finish_reasons == finish_reasons
+
+
+def test_finish_reasons_of_several_choices_are_ordered_by_index() -> None:
+    ex = exchange()
+    reader = reader_for(ex, "text/event-stream", None)
+    for tick, event in enumerate(
+        (
+            b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"a"}},'
+            b'{"index":1,"delta":{"content":"b"}}]}\n\n',
+            b'data: {"id":"c1","choices":[{"index":1,"delta":{},"finish_reason":"length"}]}\n\n',
+            b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        )
+    ):
+        reader.feed(event, float(tick))
+    reader.close(9.0)
+    assert (ex.response_id, ex.finish_reasons) == ("c1", ("stop", "length"))
+
+
+def test_json_response_id_and_finish_reasons() -> None:
+    ex = exchange()
+    reader = reader_for(ex, "application/json", None)
+    reader.feed(fixture("deepseek-chat-nonstream.json"), 1.0)
+    reader.close(2.0)
+    assert ex.response_id and ex.finish_reasons == ("stop",)

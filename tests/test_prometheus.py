@@ -20,13 +20,23 @@ from tests.fake_upstream import FakeUpstream, sse
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "dashboards" / "deepseek-sidecar.json"
+CAPACITY = ROOT / "dashboards" / "deepseek-capacity.json"
 PROMQL_BLOCK = re.compile(r"```promql\n(.*?)```", re.S)
 # What Grafana substitutes before a query reaches Prometheus ("All" selected).
-GRAFANA_VARIABLES = {"$upstream": ".*", "$model": ".*", "$__rate_interval": "1m"}
+GRAFANA_VARIABLES = {"$upstream": ".*", "$model": ".*", "$__rate_interval": "1m", "$__range": "1h"}
 
 
-def dashboard_queries() -> list[str]:
-    panels = orjson.loads(DASHBOARD.read_bytes())["panels"]
+def runbook_queries() -> list[str]:
+    """Each query of the runbooks' PromQL blocks (comment lines separate queries in a block)."""
+    queries = []
+    for path in sorted((ROOT / "docs" / "runbooks").glob("*.md")):
+        for block in PROMQL_BLOCK.findall(path.read_text()):
+            queries += [q.strip() for q in re.split(r"(?m)^#.*$", block) if q.strip()]
+    return queries
+
+
+def dashboard_queries(dashboard: Path = DASHBOARD) -> list[str]:
+    panels = orjson.loads(dashboard.read_bytes())["panels"]
     queries = []
     for panel in panels:
         for target in panel.get("targets", []):
@@ -146,7 +156,8 @@ async def test_prometheus_scrapes_the_sidecar_and_runs_every_documented_query(
     (ratio,) = await eventually(prometheus, "upstream:llm_concurrency_utilisation:ratio")
     assert ratio["metric"]["upstream"] == "deepseek" and ratio["value"][1] == "0"
     documented = PROMQL_BLOCK.findall((ROOT / "docs" / "capacity-planning.md").read_text())
-    for expr in documented + dashboard_queries():
+    queries = documented + runbook_queries() + dashboard_queries() + dashboard_queries(CAPACITY)
+    for expr in queries:
         result = await query(prometheus, expr)
         assert result["status"] == "success", (expr, result)
     (in_flight,) = await eventually(prometheus, dashboard_queries()[2])  # the "In flight" stat

@@ -84,12 +84,22 @@ class ConcurrencyGuard:
             raise GuardRejected(time.monotonic() - started_at, self._retry_after_s) from None
         except asyncio.CancelledError:
             if not self._settle_abandoned(granted):
-                self.release()  # handed a slot just as we were cancelled: pass it on
+                self._pass_on()  # handed a slot just as we were cancelled: pass it on
             raise
         return time.monotonic() - started_at
 
     def release(self) -> None:
         """Give a slot back: to the oldest waiter if any, else to the pool."""
+        self._pass_on()
+
+    async def start(self) -> None:
+        """Open what the guard needs; the local guard needs nothing (the shared one does)."""
+
+    async def close(self) -> None:
+        """Close what ``start`` opened, after the last exchange has released its slot."""
+
+    def _pass_on(self) -> None:
+        """Hand the slot on; apart from ``release`` so that a subclass's override is not re-run."""
         if self._in_use <= 0:
             raise RuntimeError("release() without a matching acquire()")
         while self._waiters:

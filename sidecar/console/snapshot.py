@@ -61,12 +61,19 @@ def parse(text: str) -> dict[Key, float]:
     return samples
 
 
+# States, not amounts: two open breakers are not "2" (half-open). The highest state is shown.
+NOT_SUMMED = frozenset({"llm_upstream_circuit_state"})
+
+
 def merge(at: float, parts: Iterable[dict[Key, float]]) -> Scrape:
     """Sum several sidecars' samples into one scrape (``top`` with several URLs)."""
     total: dict[Key, float] = defaultdict(float)
     for part in parts:
         for key, value in part.items():
-            total[key] += value
+            if key[0] in NOT_SUMMED:
+                total[key] = max(total[key], value)
+            else:
+                total[key] += value
     return Scrape(at=at, samples=dict(total))
 
 
@@ -133,6 +140,15 @@ class ModelRow:
 
 
 @dataclass
+class UpstreamRow:
+    """One upstream when fallback is configured: its breaker and the traffic it answers."""
+
+    name: str
+    circuit_state: int | None  # 0 closed, 1 open, 2 half-open; None when not reported
+    requests_per_min: float | None
+
+
+@dataclass
 class View:
     """Everything the terminal view shows for one refresh."""
 
@@ -145,6 +161,8 @@ class View:
     spend_total: float | None
     savings_total: float | None
     rows: list[ModelRow] = field(default_factory=list)
+    upstreams: list[UpstreamRow] = field(default_factory=list)  # only with fallback configured
+    fallbacks: dict[str, float] = field(default_factory=dict)  # since start, by reason
 
 
 def _rate(prev: Scrape | None, cur: Scrape, per_s: float, name: str, **match: str) -> float | None:
@@ -213,6 +231,26 @@ def concurrency_limit(cur: Scrape) -> tuple[float | None, str]:
     return None, "unknown"
 
 
+def upstream_rows(prev: Scrape | None, cur: Scrape) -> list[UpstreamRow]:
+    """Breaker state and request rate per upstream; empty when no breaker is exported."""
+    states = cur.by("llm_upstream_circuit_state", "upstream")
+    if not states:
+        return []
+    primaries = set(cur.by("llm_fallbacks_total", "from"))
+    names = sorted(
+        set(states) | set(cur.by("llm_requests_total", "upstream")),
+        key=lambda name: (name not in primaries, name),  # the primary first, then its fallbacks
+    )
+    return [
+        UpstreamRow(
+            name=name,
+            circuit_state=round(states[name]) if name in states else None,
+            requests_per_min=_rate(prev, cur, 60.0, "llm_requests_total", upstream=name),
+        )
+        for name in names
+    ]
+
+
 def compute(prev: Scrape | None, cur: Scrape) -> View:
     """The numbers of one refresh, from the previous scrape (None at start) and this one."""
     models = sorted(m for m, n in cur.by("llm_requests_total", "model").items() if n > 0)
@@ -231,4 +269,6 @@ def compute(prev: Scrape | None, cur: Scrape) -> View:
             else None
         ),
         rows=[_row(prev, cur, model) for model in models],
+        upstreams=upstream_rows(prev, cur),
+        fallbacks={r: n for r, n in cur.by("llm_fallbacks_total", "reason").items() if n > 0},
     )

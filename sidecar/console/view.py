@@ -66,6 +66,32 @@ def header(view: View, title: str, width: int) -> Text:
     text.append_text(saturation_bar(view.in_flight, view.limit))
     text.append("  " if wide else "\n")
     text.append(f"limit source: {view.limit_source}")
+    if view.upstreams:
+        text.append("\n")
+        text.append_text(upstreams_line(view))
+    return text
+
+
+BREAKER: dict[int | None, tuple[str, str]] = {
+    0: ("closed", "green"),
+    1: ("OPEN", "bold red"),
+    2: ("half-open", "yellow"),
+}
+
+
+def upstreams_line(view: View) -> Text:
+    """Each upstream's breaker and request rate, then the fallbacks by reason (since start)."""
+    text = Text("upstreams")
+    for row in view.upstreams:
+        label, style = BREAKER.get(row.circuit_state, (DASH, ""))
+        text.append(f"  {row.name} ")
+        text.append(f"[{label}]", style=style)
+        text.append(f" {fmt(row.requests_per_min)} req/min")
+    total = sum(view.fallbacks.values())
+    text.append(f"\nfallbacks {total:.0f}")
+    if view.fallbacks:
+        reasons = ", ".join(f"{r} {n:.0f}" for r, n in sorted(view.fallbacks.items()))
+        text.append(f" ({reasons})", style="yellow")
     return text
 
 

@@ -15,7 +15,15 @@ import orjson
 
 from sidecar.exchange import Exchange
 from sidecar.observe.sse import SSEDecoder, SSEEvent
-from sidecar.observe.usage import find_model, find_usage, from_anthropic, from_openai, merge_max
+from sidecar.observe.usage import (
+    find_finish_reasons,
+    find_model,
+    find_response_id,
+    find_usage,
+    from_anthropic,
+    from_openai,
+    merge_max,
+)
 
 MAX_JSON_BODY = 16 << 20  # a 384K-token answer is ~1.5 MiB of JSON; 16 MiB is ample headroom
 WHITESPACE = b" \t\r\n"
@@ -35,6 +43,9 @@ _CONTENT_TYPES = (
     b'"type":"response.function_call_arguments.delta"',
 )
 _USAGE_MARK = b'"usage":{'
+# A finish reason that is set (``"finish_reason":"stop"``, Anthropic ``"stop_reason":"end_turn"``);
+# the ``null`` every OpenAI chunk carries does not match, so those chunks keep the fast path.
+_FINISH_MARK = b'_reason":"'
 
 
 def carries_content(data: bytes) -> bool:
@@ -126,6 +137,7 @@ class StreamReader(_Base):
         self._decoder = SSEDecoder()
         self._anthropic = anthropic
         self._parsed_first = False
+        self._finish: dict[int, str] = {}
 
     def feed(self, chunk: bytes, now: float) -> None:
         if not self.active:
@@ -160,6 +172,7 @@ class StreamReader(_Base):
             chunk.endswith(b"\n\n")
             and self._decoder.at_boundary()
             and _USAGE_MARK not in chunk
+            and _FINISH_MARK not in chunk
             and b"\n:" not in chunk
             and chunk[:1] != b":"
         )
@@ -175,7 +188,7 @@ class StreamReader(_Base):
             if self.ex.first_token_at is None:
                 self.ex.first_token_at = now
             self.ex.last_token_at = now
-        if self._parsed_first and _USAGE_MARK not in data:
+        if self._parsed_first and _USAGE_MARK not in data and _FINISH_MARK not in data:
             return
         if data == b"[DONE]":
             return
@@ -184,8 +197,14 @@ class StreamReader(_Base):
         except orjson.JSONDecodeError:
             self._give_up("sse")
             return
+        if not self._parsed_first:
+            self.ex.response_id = find_response_id(obj)
         self._parsed_first = True
         self.ex.reported_model = find_model(obj) or self.ex.reported_model
+        reasons = find_finish_reasons(obj)
+        if reasons:
+            self._finish.update(reasons)
+            self.ex.finish_reasons = tuple(self._finish[i] for i in sorted(self._finish))
         found = find_usage(obj)
         if found is not None:
             raw, anthropic = found
@@ -232,6 +251,9 @@ class JsonReader(_Base):
             self._give_up("json")
             return
         self.ex.reported_model = find_model(obj) or self.ex.reported_model
+        self.ex.response_id = find_response_id(obj)
+        reasons = find_finish_reasons(obj)
+        self.ex.finish_reasons = tuple(reasons[i] for i in sorted(reasons))
         found = find_usage(obj)
         if found is not None:
             raw, anthropic = found

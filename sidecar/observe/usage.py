@@ -119,3 +119,34 @@ def find_model(obj: Any) -> str | None:
     if not isinstance(model, str):
         model = (_sub(obj, "message") or _sub(obj, "response")).get("model")
     return model if isinstance(model, str) and model else None
+
+
+def find_response_id(obj: Any) -> str | None:
+    """The upstream's id of the answer (``chatcmpl-…``, ``msg_…``, ``resp_…``)."""
+    if not isinstance(obj, dict):
+        return None
+    rid = obj.get("id")
+    if not isinstance(rid, str):
+        rid = (_sub(obj, "message") or _sub(obj, "response")).get("id")
+    return rid if isinstance(rid, str) and rid else None
+
+
+def find_finish_reasons(obj: Any) -> dict[int, str]:
+    """Finish reasons by choice index (OpenAI ``choices[].finish_reason``; Anthropic
+    ``stop_reason``, top level or in a ``message_delta``'s ``delta``, as choice 0)."""
+    if not isinstance(obj, dict):
+        return {}
+    found: dict[int, str] = {}
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for position, choice in enumerate(choices):
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                index = choice.get("index")
+                found[index if isinstance(index, int) else position] = choice["finish_reason"]
+        return found
+    stop = obj.get("stop_reason")
+    if not isinstance(stop, str):
+        stop = _sub(obj, "delta").get("stop_reason")
+    if isinstance(stop, str) and stop:
+        found[0] = stop
+    return found

@@ -6,13 +6,11 @@ header) is never confused with one of ours.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestPayloadError
 
 
 class SidecarError(StrEnum):
@@ -39,6 +37,8 @@ STATUS = {
     SidecarError.REQUEST_TIMEOUT: 408,
 }
 
+MALFORMED_BODY = "malformed request body (framing or chunk sizes)"
+
 
 def error_response(
     kind: SidecarError,
@@ -59,29 +59,22 @@ def error_response(
     )
 
 
-class EnvelopeRequestHandler(RequestHandler):
-    """Requests aiohttp cannot even parse get our envelope instead of its text/plain page.
+class RequestBodyFailed(RequestPayloadError):
+    """A request body the sidecar stopped reading: its framing broke, or the client was slower
+    than ``client_timeout_s``. Raised from the body's reads, so the handler answers it."""
 
-    The parser's message is not echoed: it may quote the client's bytes (a path with a key).
+    def __init__(self, kind: SidecarError, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def body_failure(exc: RequestPayloadError) -> tuple[SidecarError, str]:
+    """The envelope for a request body that could not be read.
+
+    aiohttp's own parser reports broken framing as a plain ``RequestPayloadError`` whose text
+    may quote the client's bytes, so only our own failures keep their message.
     """
-
-    def _make_error_handler(
-        self, err_info: Any
-    ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-        status = int(getattr(err_info, "status", 400))
-
-        async def handler(request: web.BaseRequest) -> web.StreamResponse:
-            response = error_response(
-                SidecarError.BAD_REQUEST, f"malformed HTTP request ({status})", status=status
-            )
-            response.force_close()
-            return response
-
-        return handler
-
-
-class EnvelopeServer(web.Server):
-    """A bare ``web.Server`` whose connections use ``EnvelopeRequestHandler``."""
-
-    def __call__(self) -> RequestHandler:
-        return EnvelopeRequestHandler(self, loop=self._loop, **self._kwargs)
+    if isinstance(exc, RequestBodyFailed):
+        return exc.kind, exc.message
+    return SidecarError.BAD_REQUEST, MALFORMED_BODY

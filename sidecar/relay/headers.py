@@ -100,6 +100,22 @@ def upstream_request_headers(
     return out
 
 
+# The client's credentials and account selectors for the primary provider: never sent to a
+# fallback, which gets its own key instead.
+_PRIMARY_CREDENTIALS = frozenset(
+    {"authorization", "x-api-key", "api-key", "cookie", "openai-organization", "openai-project"}
+)
+
+
+def fallback_request_headers(headers: CIMultiDict[str], api_key: str) -> CIMultiDict[str]:
+    """The upstream request's headers for a fallback: the client's credentials replaced."""
+    out: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in headers.items() if name.lower() not in _PRIMARY_CREDENTIALS
+    )
+    out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
 def client_response_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop ones; ``x-request-id`` always present.
 
@@ -107,11 +123,19 @@ def client_response_headers(upstream: CIMultiDictProxy[str], request_id: str) ->
     """
     drop = hop_by_hop(upstream.getall("Connection", ()))
     out: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in upstream.items() if name.lower() not in drop
+        (name, _utf8(value)) for name, value in upstream.items() if name.lower() not in drop
     )
     if "x-request-id" not in out:
         out["x-request-id"] = request_id
     return out
+
+
+def _utf8(value: str) -> str:
+    """A value aiohttp's writers can send: invalid UTF-8 (kept by the parser as surrogates,
+    which the C writer drops and the Python writer fails on) becomes U+FFFD."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def switching_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:

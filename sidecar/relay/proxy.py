@@ -18,6 +18,7 @@ from time import monotonic
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -31,7 +32,8 @@ from sidecar.observe.readers import (
     observation_failed,
     reader_for,
 )
-from sidecar.relay.errors import SidecarError, error_response
+from sidecar.relay.errors import SidecarError, body_failure, error_response
+from sidecar.relay.failover import Failover
 from sidecar.relay.headers import (
     client_response_headers,
     upstream_request_headers,
@@ -78,6 +80,8 @@ class Proxy:
         on_finished: Callable[[Exchange], None],
         attempt: Attempt,
         guard: ConcurrencyGuard | None = None,
+        failover: Failover | None = None,
+        on_upstream_headers: Callable[[Exchange, CIMultiDict[str]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.base = settings.upstream
@@ -86,6 +90,8 @@ class Proxy:
         self._on_finished = on_finished
         self._attempt = attempt
         self._guard = guard
+        self._failover = failover
+        self._on_upstream_headers = on_upstream_headers  # may rewrite them (trace context)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received_at = monotonic()
@@ -98,6 +104,7 @@ class Proxy:
             route=route_of(request.path) if request.raw_path.startswith("/") else "other",
             received_at=received_at,
             started_wall=datetime.now(UTC),
+            upstream=self.settings.upstream_name,
         )
         self._on_started(ex)
         try:
@@ -117,7 +124,10 @@ class Proxy:
                 "the sidecar forwards origin-form requests to its upstream only; "
                 "it is not an open proxy",
             )
-        body = await self._read_body(request)
+        try:
+            body = await self._read_body(request)
+        except RequestPayloadError as exc:  # broken framing, or slower than client_timeout_s
+            return self._reject(ex, *body_failure(exc))
         if body is None:
             return self._reject(
                 ex,
@@ -133,6 +143,8 @@ class Proxy:
             scheme=request.scheme,
             api_key=self.settings.api_key,
         )
+        if self._on_upstream_headers is not None:
+            self._on_upstream_headers(ex, headers)
         if websocket_upgrade(request.method, request.version, request.headers):
             forward_upgrade(request, ex, headers)
         if self._guard is None:
@@ -155,18 +167,23 @@ class Proxy:
     async def _forward(
         self, request: web.BaseRequest, ex: Exchange, body: bytes, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
-        url = URL(self.base + request.raw_path, encoded=True)
+        retry_enabled = request.headers.get("x-sidecar-retry", "").lower() != "off"
         try:
-            upstream = await send_with_retries(
-                self._attempt,
-                self._session(),
-                ex,
-                request.method,
-                url,
-                headers,
-                body,
-                retry_enabled=request.headers.get("x-sidecar-retry", "").lower() != "off",
-            )
+            if self._failover is not None and self._failover.eligible(ex, request.method):
+                upstream = await self._failover.send(
+                    ex, request.method, request.raw_path, body, headers, retry_enabled=retry_enabled
+                )
+            else:
+                upstream = await send_with_retries(
+                    self._attempt,
+                    self._session(),
+                    ex,
+                    request.method,
+                    URL(self.base + request.raw_path, encoded=True),
+                    headers,
+                    body,
+                    retry_enabled=retry_enabled,
+                )
         except UpstreamFailure as failure:
             ex.status = failure.response.status
             ex.sidecar_error = failure.kind.value
@@ -226,6 +243,8 @@ class Proxy:
         reader = reader_for(ex, content_type, upstream.headers.get("Content-Encoding"))
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(client_response_headers(upstream.headers, ex.request_id))
+        if ex.fallback_from is not None:
+            response.headers["x-sidecar-upstream"] = ex.upstream
         try:
             await response.prepare(request)
             outcome = await self._pump(response, upstream, reader, ex)

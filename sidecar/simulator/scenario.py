@@ -63,6 +63,12 @@ class Scenario:
     # OpenAI flavour: fixed one-minute windows per key.
     rpm_limit: int = 500
     tpm_limit: int = 2_000_000
+    # Outage: from outage_start_s after start, every request gets outage_status at once for
+    # outage_s seconds, again every outage_every_s (0 = once); outage_s 0 = never.
+    outage_status: int = 503
+    outage_start_s: float = 0.0
+    outage_s: float = 0.0
+    outage_every_s: float = 0.0
     # Authentication: when False, a request without a key is still served (key "anonymous").
     require_auth: bool = True
 
@@ -107,6 +113,12 @@ def from_mapping(data: dict[str, Any], base: Scenario | None = None) -> Scenario
         raise ScenarioError(f"scenario key 'flavour': bad value {scenario.flavour!r}")
     if scenario.cache_unit < 1 or scenario.chars_per_token < 1 or scenario.soft_capacity < 1:
         raise ScenarioError("scenario keys cache_unit, chars_per_token, soft_capacity must be >= 1")
+    if scenario.outage_status not in (429, 500, 502, 503, 504):
+        raise ScenarioError(
+            f"scenario key 'outage_status': bad value {scenario.outage_status!r} (429 or 5xx)"
+        )
+    if scenario.outage_every_s and scenario.outage_every_s <= scenario.outage_s:
+        raise ScenarioError("scenario key 'outage_every_s': must be longer than outage_s")
     return scenario
 
 

@@ -1,6 +1,7 @@
 """HTTP surface of the simulator: routes, authentication and admission, in DeepSeek's order.
 
-Admission order (each step answers at once, before any 200): 401 no key → 400 bad JSON or
+Admission order (each step answers at once, before any 200): 401 no key → scheduled outage
+(``outage.py``) → 400 bad JSON or
 unknown model → 402 empty balance → 429 over the key's concurrency limit → injected 500/503 →
 (openai flavour) 429 over the RPM/TPM window. Admitted requests count against the key's
 concurrency until their response ends, queueing included.
@@ -15,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.simulator import wire
+from sidecar.simulator.outage import OUTAGE_MESSAGES, in_outage
 from sidecar.simulator.plan import Plan, draw_fault, make_plan
 from sidecar.simulator.ratelimit import retry_after_header
 from sidecar.simulator.realtime import realtime_session
@@ -64,6 +66,10 @@ async def admit(request: web.Request, kind: str) -> web.StreamResponse:
     key = authenticate(request, state)
     if isinstance(key, web.Response):
         return key
+    if in_outage(state.scenario, time.monotonic() - state.started_at):
+        status = state.scenario.outage_status
+        extra = retry_after_header(1.0) if status == 429 else None
+        return error(status, *OUTAGE_MESSAGES[status], extra)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

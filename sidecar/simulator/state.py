@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class SimState:
     capacity: Capacity = field(init=False)
     windows: RateWindows = field(init=False)
     fingerprint: str = field(init=False)
+    started_at: float = field(init=False, default_factory=time.monotonic)  # outages count from it
 
     def __post_init__(self) -> None:
         s = self.scenario

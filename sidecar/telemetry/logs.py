@@ -65,6 +65,8 @@ def exchange_fields(ex: Exchange, model_label: str) -> dict[str, Any]:
         "upstream_trace_id": ex.upstream_trace_id,
         "method": ex.method,
         "route": ex.route,
+        "upstream": ex.upstream or None,
+        "fallback_from": ex.fallback_from,
         "model": model_label,
         "stream": ex.stream,
         "code": ex.status,
@@ -81,7 +83,7 @@ def exchange_fields(ex: Exchange, model_label: str) -> dict[str, Any]:
         "reasoning_tokens": usage.reasoning if usage else None,
         "cost_usd": ex.cost_usd,
         "retry_after_s": ex.limits.retry_after_s,
-        "attempts": ex.attempts,
+        "attempts": ex.attempts,  # at every upstream tried, fallbacks included
         "guard_wait_s": _round(ex.guard_wait_s),
         "parse_error": ex.parse_error,
         "observer_error": ex.observer_error,

@@ -174,9 +174,18 @@ class Metrics:
     def started(self, route: str) -> None:
         self._child("llm_in_flight_requests", self.upstream, route).inc()
 
+    def moved(self, route: str, from_upstream: str, to_upstream: str) -> None:
+        """An exchange in flight changed upstream (fallback): its in-flight count follows it."""
+        self._child("llm_in_flight_requests", from_upstream, route).dec()
+        self._child("llm_in_flight_requests", to_upstream, route).inc()
+
     def record(self, ex: Exchange) -> None:
-        """Write everything one finished exchange contributes. Called exactly once per exchange."""
-        up, route = self.upstream, ex.route
+        """Write everything one finished exchange contributes. Called exactly once per exchange.
+
+        Every series carries the upstream that answered (``ex.upstream``): a fallback's exchanges
+        are its own, and attempts at upstreams that did not answer count under theirs.
+        """
+        up, route = ex.upstream or self.upstream, ex.route
         model = self.models.label(ex.model)
         stream = "true" if ex.stream else "false"
         code = str(ex.status) if ex.status is not None else "499"
@@ -197,12 +206,16 @@ class Metrics:
             self._child("llm_sidecar_parse_errors_total", up, ex.parse_error).inc()
         for attempt_code in ex.attempt_codes:
             self._child("llm_upstream_attempts_total", up, route, attempt_code).inc()
+        for tried, attempt_code in ex.prior_attempts:
+            self._child("llm_upstream_attempts_total", tried, route, attempt_code).inc()
+        for from_upstream, to_upstream, reason in ex.fallbacks:
+            self.fallback(from_upstream, to_upstream, reason)
         if ex.guard_wait_s is not None:
             self._child("llm_sidecar_guard_wait_seconds", up).observe(ex.guard_wait_s)
         self._cost(ex, model)
 
     def _cost(self, ex: Exchange, model: str) -> None:
-        up, cost = self.upstream, ex.cost
+        up, cost = ex.upstream or self.upstream, ex.cost
         if ex.unpriced:
             self._child("llm_sidecar_unpriced_requests_total", up, model).inc()
         if cost is None:
@@ -241,8 +254,9 @@ class Metrics:
         """``signal`` is ``spans`` or ``metrics``."""
         self._child("llm_sidecar_otel_dropped_total", signal).inc(count)
 
-    def fallback(self, from_upstream: str, to_upstream: str, reason: str) -> None:
-        self._child("llm_fallbacks_total", from_upstream, to_upstream, reason).inc()
+    def fallback(self, from_upstream: str, to_upstream: str, reason: str, count: int = 1) -> None:
+        """``count=0`` creates the series at zero (known pairs, so rate() works from the start)."""
+        self._child("llm_fallbacks_total", from_upstream, to_upstream, reason).inc(count)
 
     def circuit_state(self, upstream: str, state: int) -> None:
         self._child("llm_upstream_circuit_state", upstream).set(state)
@@ -263,7 +277,7 @@ class Metrics:
         self._child("llm_sidecar_balance_poll_failures_total", self.upstream, reason).inc()
 
     def _timings(self, ex: Exchange, model: str) -> None:
-        up, route = self.upstream, ex.route
+        up, route = ex.upstream or self.upstream, ex.route
         if ex.ttft_s is not None:
             self._child("llm_time_to_first_token_seconds", up, route, model).observe(
                 ex.ttft_s, {"request_id": ex.request_id[:64]}
@@ -276,7 +290,7 @@ class Metrics:
             self._child("llm_upstream_queue_seconds", up, route, model).observe(ex.queue_s)
 
     def _usage(self, ex: Exchange, model: str) -> None:
-        up = self.upstream
+        up = ex.upstream or self.upstream
         usage = ex.usage
         if usage is None:
             if self._usage_expected(ex):
@@ -303,7 +317,7 @@ class Metrics:
         return ex.outcome in (Outcome.CLIENT_DISCONNECTED, Outcome.UPSTREAM_ABORTED)
 
     def _limits(self, ex: Exchange) -> None:
-        up, limits = self.upstream, ex.limits
+        up, limits = ex.upstream or self.upstream, ex.limits
         if limits.retry_after_s is not None:
             self._child("llm_retry_after_seconds", up).observe(limits.retry_after_s)
         if limits.reported_concurrency_limit is not None:
