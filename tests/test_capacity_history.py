@@ -217,7 +217,10 @@ def test_off_peak_share_and_the_end_of_the_discount(backfilled: Backfilled) -> N
         )
         all_tokens += tokens
         off_peak += tokens if minute >= 1020 or minute <= 30 else 0.0
-    assert near(backfilled.value(share), off_peak / all_tokens, 0.01)
+    # 3 %: increase() extrapolates each 30-minute window from its 10-minute samples, and how far
+    # that lands from the exact sum depends on the time of day the history ends; a window shifted
+    # by one hour moves the share by over 10 %.
+    assert near(backfilled.value(share), off_peak / all_tokens, 0.03)
     (price,) = panel("Blended price per million tokens (daily)", end)
     for at in (end, end - 15 * DAY):
         cost = h.increase("llm_cost_usd_total", at - DAY, at)
