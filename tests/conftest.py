@@ -6,8 +6,8 @@ import io
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -114,29 +114,41 @@ settings.register_profile("long", max_examples=3000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+@asynccontextmanager
+async def running_sidecar(
+    upstream: str, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> AsyncIterator[RunningSidecar]:
+    """A sidecar on ports the OS chooses, with settings overrides; its environ is exactly
+    ``environ`` (empty unless given), so no proxy or ``OTEL_*`` variable of the test process
+    leaks in."""
+    settings = replace(
+        Settings(),
+        upstream=upstream,
+        listen=Address("127.0.0.1", 0),
+        admin_listen=Address("127.0.0.1", 0),
+        shutdown_timeout_s=2.0,
+        **overrides,
+    )
+    log = io.BytesIO()
+    sidecar = Sidecar(
+        settings, logger=build_logger("debug", "json", log), environ=dict(environ or {})
+    )
+    async with running(sidecar) as (proxy_runner, admin_runner):
+        yield RunningSidecar(
+            sidecar,
+            f"http://127.0.0.1:{bound_port(proxy_runner)}",
+            f"http://127.0.0.1:{bound_port(admin_runner)}",
+            log,
+        )
+
+
 @pytest.fixture
 async def start_sidecar() -> AsyncIterator[SidecarFactory]:
-    """Start a sidecar (ports chosen by the OS) with the given settings overrides."""
+    """Start a sidecar (see ``running_sidecar``); all are stopped after the test."""
     async with AsyncExitStack() as stack:
 
         async def start(upstream: str, **overrides: Any) -> RunningSidecar:
-            settings = replace(
-                Settings(),
-                upstream=upstream,
-                listen=Address("127.0.0.1", 0),
-                admin_listen=Address("127.0.0.1", 0),
-                shutdown_timeout_s=2.0,
-                **overrides,
-            )
-            log = io.BytesIO()
-            sidecar = Sidecar(settings, logger=build_logger("debug", "json", log))
-            proxy_runner, admin_runner = await stack.enter_async_context(running(sidecar))
-            return RunningSidecar(
-                sidecar,
-                f"http://127.0.0.1:{bound_port(proxy_runner)}",
-                f"http://127.0.0.1:{bound_port(admin_runner)}",
-                log,
-            )
+            return await stack.enter_async_context(running_sidecar(upstream, **overrides))
 
         yield start
 

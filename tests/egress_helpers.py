@@ -6,21 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import io
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trustme
 from aiohttp import web
 
-from sidecar.app import Sidecar, bound_port, running
-from sidecar.settings import Address, Settings
-from sidecar.telemetry.logs import build_logger
-from tests.conftest import RunningSidecar, closed_port, require_binary
+from sidecar.app import bound_port
+from tests.conftest import closed_port, require_binary, running_sidecar
 from tests.fake_upstream import FakeUpstream
 
 
@@ -71,30 +68,8 @@ async def tls_upstream(
         await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def egress_sidecar(
-    upstream: str, environ: Mapping[str, str] | None = None, **overrides: Any
-) -> AsyncIterator[RunningSidecar]:
-    """A sidecar whose environ is exactly ``environ`` (empty unless given)."""
-    settings = replace(
-        Settings(),
-        upstream=upstream,
-        listen=Address("127.0.0.1", 0),
-        admin_listen=Address("127.0.0.1", 0),
-        shutdown_timeout_s=2.0,
-        **overrides,
-    )
-    log = io.BytesIO()
-    sidecar = Sidecar(
-        settings, logger=build_logger("debug", "json", log), environ=dict(environ or {})
-    )
-    async with running(sidecar) as (proxy_runner, admin_runner):
-        yield RunningSidecar(
-            sidecar,
-            f"http://127.0.0.1:{bound_port(proxy_runner)}",
-            f"http://127.0.0.1:{bound_port(admin_runner)}",
-            log,
-        )
+# A sidecar whose environ is exactly the one given (empty unless given).
+egress_sidecar = running_sidecar
 
 
 async def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:

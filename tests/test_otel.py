@@ -22,14 +22,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client import CollectorRegistry
 
 from sidecar.admission.fallback import parse_fallbacks
-from sidecar.app import Sidecar, bound_port, running
+from sidecar.app import Sidecar
 from sidecar.exchange import Exchange, Outcome, Usage
-from sidecar.settings import Address, Settings, SettingsError
+from sidecar.settings import Settings, SettingsError
 from sidecar.telemetry.genai import Server, error_type, span_attributes, span_name
 from sidecar.telemetry.logs import build_logger
 from sidecar.telemetry.metrics import DURATION_BUCKETS
 from sidecar.telemetry.otel_options import OtelOptions
-from tests.conftest import RunningSidecar, closed_port
+from tests.conftest import RunningSidecar, closed_port, running_sidecar
 from tests.fake_upstream import FakeUpstream, fixture, json_reply, sse
 from tests.otlp_receiver import OtlpReceiver, attributes
 
@@ -58,24 +58,8 @@ async def otel_sidecar(
     upstream: str, endpoint: str, environ: Mapping[str, str] = FAST, **changes: Any
 ) -> AsyncIterator[RunningSidecar]:
     """A sidecar exporting to ``endpoint``; leaving the block shuts export down (final flush)."""
-    settings = replace(
-        Settings(),
-        upstream=upstream,
-        listen=Address("127.0.0.1", 0),
-        admin_listen=Address("127.0.0.1", 0),
-        shutdown_timeout_s=2.0,
-        otlp_endpoint=endpoint,
-        **changes,
-    )
-    log = io.BytesIO()
-    sidecar = Sidecar(settings, logger=build_logger("debug", "json", log), environ=environ)
-    async with running(sidecar) as (proxy_runner, admin_runner):
-        yield RunningSidecar(
-            sidecar,
-            f"http://127.0.0.1:{bound_port(proxy_runner)}",
-            f"http://127.0.0.1:{bound_port(admin_runner)}",
-            log,
-        )
+    async with running_sidecar(upstream, environ, otlp_endpoint=endpoint, **changes) as sc:
+        yield sc
 
 
 def prom(registry: CollectorRegistry, sample: str, **match: str) -> float:
