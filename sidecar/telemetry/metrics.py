@@ -1,22 +1,26 @@
 """Every metric the sidecar exports, declared once; ``record`` is the only writer.
 
 ``SPECS`` is the single source of truth for names, types, labels and help text: the metric
-objects, ``docs/metrics.md`` and the dashboards are all checked against it. Each ``Metrics``
+families, ``docs/metrics.md`` and the dashboards are all checked against it. Each ``Metrics``
 takes an injected registry, so tests build a fresh ``CollectorRegistry`` and read exact values.
+The series are plain numbers (``series.py``): an exchange's fifteen-odd updates are attribute
+increments, not locked prometheus_client children.
 """
 
 from __future__ import annotations
 
 import platform
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from sidecar import __version__
 from sidecar.exchange import Exchange, Outcome
 from sidecar.telemetry.labels import ROUTES, USAGE_ROUTES, ModelLabels
+from sidecar.telemetry.series import Family
 
 if TYPE_CHECKING:
     from sidecar.accounting.balance import BalanceReport
@@ -125,17 +129,30 @@ SPECS: tuple[Spec, ...] = (
 # fmt: on
 
 
-def _build(spec: Spec, registry: CollectorRegistry) -> Any:
-    name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
-    if spec.kind == "counter":
-        return Counter(name, spec.help, spec.labels, registry=registry)
-    if spec.kind == "gauge":
-        return Gauge(name, spec.help, spec.labels, registry=registry)
-    return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+# Histograms whose observations carry the exchange's request id as an exemplar (OpenMetrics).
+EXEMPLAR_HISTOGRAMS = frozenset({"llm_request_duration_seconds", "llm_time_to_first_token_seconds"})
+
+
+def _build(spec: Spec, registry: CollectorRegistry) -> Family:
+    family = Family(
+        spec.name,
+        spec.kind,
+        spec.help,
+        spec.labels,
+        spec.buckets,
+        exemplars=spec.name in EXEMPLAR_HISTOGRAMS,
+    )
+    registry.register(family)
+    return family
 
 
 class Metrics:
-    """The metric objects of one sidecar process, bound to one upstream label value."""
+    """The metric families of one sidecar process, bound to one upstream label value.
+
+    Updates run on the event loop's thread (see ``series.py``), except two counters that other
+    threads bump: dropped log lines (the writer thread, on a broken stdout) and dropped
+    OpenTelemetry items (the exporter's threads); those take ``_lock``.
+    """
 
     def __init__(
         self, registry: CollectorRegistry, upstream: str, model_labels: ModelLabels
@@ -143,21 +160,22 @@ class Metrics:
         self.registry = registry
         self.upstream = upstream
         self.models = model_labels
-        self.m: dict[str, Any] = {s.name: _build(s, registry) for s in SPECS}
+        self.families: dict[str, Family] = {s.name: _build(s, registry) for s in SPECS}
         self._children: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
         self._precreate()
         # process_open_fds / process_max_fds (and CPU, memory): the fd alert needs them.
         ProcessCollector(registry=registry)
 
     def _child(self, name: str, *values: str) -> Any:
-        """The labelled child, cached: ``labels()`` validates and locks on every call.
+        """The series of ``name`` for ``values``: one dict lookup across every family.
 
         The cache is bounded because every label value is (see ``labels.py``).
         """
         key = (name, *values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.m[name].labels(*values)
+            child = self._children[key] = self.families[name].labels(values)
         return child
 
     def _precreate(self) -> None:
@@ -248,11 +266,14 @@ class Metrics:
             self._child("llm_account_balance", up, currency).set(amount)
 
     def log_line_dropped(self) -> None:
-        self.m["llm_sidecar_log_lines_dropped_total"].inc()
+        """Called on the loop and from the log writer's thread."""
+        with self._lock:
+            self._child("llm_sidecar_log_lines_dropped_total").inc()
 
     def otel_dropped(self, signal: str, count: int = 1) -> None:
-        """``signal`` is ``spans`` or ``metrics``."""
-        self._child("llm_sidecar_otel_dropped_total", signal).inc(count)
+        """``signal`` is ``spans`` or ``metrics``; called from the exporter's threads."""
+        with self._lock:
+            self._child("llm_sidecar_otel_dropped_total", signal).inc(count)
 
     def fallback(self, from_upstream: str, to_upstream: str, reason: str, count: int = 1) -> None:
         """``count=0`` creates the series at zero (known pairs, so rate() works from the start)."""
@@ -271,7 +292,7 @@ class Metrics:
         self._child("llm_sidecar_guard_in_flight", scope).set(count)
 
     def fd_exhausted(self) -> None:
-        self.m["llm_sidecar_fd_exhausted_total"].inc()
+        self._child("llm_sidecar_fd_exhausted_total").inc()
 
     def balance_failure(self, reason: str) -> None:
         self._child("llm_sidecar_balance_poll_failures_total", self.upstream, reason).inc()

@@ -7,7 +7,8 @@ compares them with prometheus_client's own output) but is a generator, so its ca
 the loop a turn between pieces, and it formats the name and labels of each line once per series
 (label values never change) instead of on every scrape: 3-5x less CPU per rendering.
 
-It reads the children of labelled metrics through prometheus_client internals (``_metrics``,
+It reads the series of the sidecar's own families (``series.Family``) directly, and the
+children of prometheus_client's labelled metrics through its internals (``_metrics``,
 ``_lock``, ``_child_samples``); the tests fail if a release changes them. What it cannot
 reproduce exactly (names outside the legacy character set, native histograms, target info,
 another registry layout) raises ``Unsupported``, and the caller falls back to prometheus_client.
@@ -23,6 +24,8 @@ from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
+
+from sidecar.telemetry.series import PREFIXES_SLOT, Family
 
 _go_float = cast(Callable[[float], str], floatToGoString)  # the library's, untyped
 
@@ -41,7 +44,7 @@ _TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogra
 # sample order. Kept on the child: it lives exactly as long as the series, and a tuple of str
 # adds nothing for the garbage collector to traverse (a dict or weak references would: ~9%
 # more tracked objects, ~4 ms more per full collection at the label caps).
-_PREFIXES = "_sidecar_line_prefixes"
+_PREFIXES = PREFIXES_SLOT
 # One series: (line prefix, suffix if the text format moves the line, sample) per sample.
 Series = list[tuple[str, str, Sample]]
 
@@ -77,7 +80,10 @@ def _children(collector: object) -> tuple[tuple[str, ...], dict[Any, Any], list[
 
     Only the keys are copied: a copy of the items would allocate a tuple per child, thousands
     of objects alive at once, enough to start a garbage collection in the middle of a slice.
+    A ``Family``'s series are updated on this thread only, so its keys are copied without a lock.
     """
+    if isinstance(collector, Family):
+        return collector.labelnames, collector.series, list(collector.series)
     if not isinstance(collector, MetricWrapperBase) or collector._type not in _STABLE_TYPES:
         return None
     names = getattr(collector, "_labelnames", ())
