@@ -61,10 +61,13 @@ image: $(STAMP)
 	cp -R pyproject.toml README.md sidecar $(IMAGE_BUILD)/src/
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(IMAGE_WHEELS) $(IMAGE_BUILD)/src
 	$(BIN)/pip freeze --exclude-editable > $(IMAGE_BUILD)/constraints.txt
+	@# async-timeout: redis needs it on Pythons before 3.11.3 (Debian 12 has 3.11.2), a marker
+	@# that --python-version X.Y cannot see; on newer Pythons the wheel is simply not installed.
 	$(BIN)/pip download --quiet --only-binary=:all: --implementation cp \
 		--python-version $(IMAGE_PYTHON) --abi cp$(subst .,,$(IMAGE_PYTHON)) --abi abi3 --abi none \
 		$(IMAGE_PLATFORMS) --constraint $(IMAGE_BUILD)/constraints.txt --dest $(IMAGE_WHEELS) \
-		"$(IMAGE_WHEELS)/deepseek_sidecar-$(VERSION)-py3-none-any.whl[$(IMAGE_EXTRAS)]"
+		"$(IMAGE_WHEELS)/deepseek_sidecar-$(VERSION)-py3-none-any.whl[$(IMAGE_EXTRAS)]" \
+		"async-timeout>=4.0.3"
 	scripts/build-image.sh $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		--build-arg WHEELS=$(IMAGE_WHEELS) --build-arg VERSION=$(VERSION) \
 		--build-arg EXTRAS=$(IMAGE_EXTRAS) \

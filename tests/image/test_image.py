@@ -171,6 +171,15 @@ def test_runs_as_non_root_without_build_tools(pod: Pod) -> None:
     assert "org.opencontainers.image.source" in labels
 
 
+def test_the_optional_features_are_in_the_image(pod: Pod) -> None:
+    """The shared guard (redis) and OpenTelemetry export (otel) work without another image."""
+    check = (
+        "import redis.asyncio, opentelemetry.sdk.trace,"
+        " opentelemetry.exporter.otlp.proto.http.trace_exporter; print('ok')"
+    )
+    assert pod.podman("exec", pod.sidecar, "python", "-c", check) == "ok"
+
+
 def test_health_and_readiness_on_the_admin_port(pod: Pod) -> None:
     assert http_get(f"{pod.admin}/healthz") == (200, b'{"status": "ok"}')
     assert http_get(f"{pod.admin}/readyz") == (200, b'{"status": "ready"}')
