@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from sidecar.relay.pool import POOL_IDLE_S, PoolConnector, pool_trace
+from sidecar.relay.pool import POOL_IDLE_S, PoolConnector
 from sidecar.relay.proxy_env import ProxyChoice
 from sidecar.relay.tls import client_context
 from sidecar.settings import Settings
@@ -56,7 +56,6 @@ class Egress:
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             trust_env=False,  # the environment is read once, from the injected mapping
             proxy=self.proxy_for(self.primary),
-            trace_configs=[pool_trace()],
         )
         # aiohttp resends idempotent requests once on any broken connection, fresh or pooled,
         # and uncounted; the relay applies its own rule (relay.pool) and counts every attempt.
