@@ -9,13 +9,28 @@ error names the key as the user wrote it (``--idle-timeout``, ``SIDECAR_IDLE_TIM
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from sidecar.admission.fallback import Fallback, FallbackConfigError, parse_fallbacks
+from sidecar.setting_values import (
+    Address as Address,  # re-exported: part of the settings' public shape
+)
+from sidecar.setting_values import (
+    Parser,
+    address,
+    any_url,
+    choice,
+    integer,
+    models,
+    number,
+    text,
+    url,
+    without_password,
+)
 
 DEFAULT_MODELS = (
     "deepseek-flash",
@@ -29,15 +44,6 @@ DEFAULT_MODELS = (
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message is the one line shown to the user."""
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,111 +94,13 @@ class Settings:
             elif f.name == "fallback":
                 value = [fb.masked() for fb in value]
             elif f.name in ("upstream_proxy", "guard_redis_url", "otlp_endpoint") and value:
-                value = _without_password(value)
+                value = without_password(value)
             elif isinstance(value, Address):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
         return out
-
-
-Parser = Callable[[Any], Any]
-
-
-def _text(raw: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise ValueError("expected a non-empty string")
-    return raw.strip()
-
-
-def _number(minimum: float, strict: bool = False) -> Parser:
-    def parse(raw: Any) -> float:
-        if isinstance(raw, bool):
-            raise ValueError("expected a number")
-        value = float(raw)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("expected a finite number")
-        if value < minimum or (strict and value == minimum):
-            raise ValueError(f"must be {'>' if strict else '>='} {minimum:g}")
-        return value
-
-    return parse
-
-
-def _integer(minimum: int) -> Parser:
-    def parse(raw: Any) -> int:
-        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-            raise ValueError("expected a whole number")
-        value = int(raw)
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}")
-        return value
-
-    return parse
-
-
-def _url(raw: Any) -> str:
-    text = _text(raw).rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL")
-    if parts.query or parts.fragment:
-        raise ValueError("must not carry a query or fragment")
-    return text
-
-
-def _any_url(*schemes: str) -> Parser:
-    """A URL with one of ``schemes``; credentials in it are allowed (proxies, Redis)."""
-
-    def parse(raw: Any) -> str:
-        text = _text(raw)
-        parts = urlsplit(text)
-        if parts.scheme not in schemes or not parts.hostname:
-            raise ValueError(f"expected a {' or '.join(s + '://' for s in schemes)} URL")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("bad port") from None
-        return text
-
-    return parse
-
-
-def _without_password(url: str) -> str:
-    """The URL as logs may show it: a password becomes ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
-
-
-def _address(raw: Any) -> Address:
-    host, sep, port = _text(raw).rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected HOST:PORT")
-    return Address(host.strip("[]") or "0.0.0.0", int(port))
-
-
-def _choice(*allowed: str) -> Parser:
-    def parse(raw: Any) -> str:
-        value = _text(raw).lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _models(raw: Any) -> tuple[str, ...]:
-    items = raw if isinstance(raw, list) else str(raw).split(",")
-    names = tuple(str(item).strip() for item in items if str(item).strip())
-    if not names:
-        raise ValueError("expected at least one model name")
-    return names
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,63 +116,63 @@ class Option:
 
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
-    Option("upstream", "--upstream", "SIDECAR_UPSTREAM", _url, "upstream base URL", "URL"),
-    Option("upstream_name", "--upstream-name", "SIDECAR_UPSTREAM_NAME", _text, "upstream label"),
-    Option("listen", "--listen", "SIDECAR_LISTEN", _address, "proxy address", "HOST:PORT"),
-    Option("admin_listen", "--admin-listen", "SIDECAR_ADMIN_LISTEN", _address, "admin address",
+    Option("upstream", "--upstream", "SIDECAR_UPSTREAM", url, "upstream base URL", "URL"),
+    Option("upstream_name", "--upstream-name", "SIDECAR_UPSTREAM_NAME", text, "upstream label"),
+    Option("listen", "--listen", "SIDECAR_LISTEN", address, "proxy address", "HOST:PORT"),
+    Option("admin_listen", "--admin-listen", "SIDECAR_ADMIN_LISTEN", address, "admin address",
            "HOST:PORT"),
-    Option("config", "--config", "SIDECAR_CONFIG", _text, "TOML config file", "FILE", False),
+    Option("config", "--config", "SIDECAR_CONFIG", text, "TOML config file", "FILE", False),
     Option("log_level", "--log-level", "SIDECAR_LOG_LEVEL",
-           _choice("debug", "info", "warning", "error"), "log level"),
-    Option("log_format", "--log-format", "SIDECAR_LOG_FORMAT", _choice("json", "console"),
+           choice("debug", "info", "warning", "error"), "log level"),
+    Option("log_format", "--log-format", "SIDECAR_LOG_FORMAT", choice("json", "console"),
            "log format"),
     Option("connect_timeout_s", "--connect-timeout", "SIDECAR_CONNECT_TIMEOUT_S",
-           _number(0, strict=True), "upstream connect timeout", "S"),
-    Option("idle_timeout_s", "--idle-timeout", "SIDECAR_IDLE_TIMEOUT_S", _number(0, strict=True),
+           number(0, strict=True), "upstream connect timeout", "S"),
+    Option("idle_timeout_s", "--idle-timeout", "SIDECAR_IDLE_TIMEOUT_S", number(0, strict=True),
            "longest upstream silence", "S"),
-    Option("max_request_bytes", "--max-request-bytes", "SIDECAR_MAX_REQUEST_BYTES", _integer(1),
+    Option("max_request_bytes", "--max-request-bytes", "SIDECAR_MAX_REQUEST_BYTES", integer(1),
            "largest request body", "N"),
-    Option("shutdown_timeout_s", "--shutdown-timeout", "SIDECAR_SHUTDOWN_TIMEOUT_S", _number(0),
+    Option("shutdown_timeout_s", "--shutdown-timeout", "SIDECAR_SHUTDOWN_TIMEOUT_S", number(0),
            "drain time on SIGTERM", "S"),
-    Option("models", "--models", "SIDECAR_MODELS", _models, "known model names", "LIST"),
-    Option("max_models", "--max-models", "SIDECAR_MAX_MODELS", _integer(0), "model cap", "N"),
-    Option("catalogue", "--catalogue", "SIDECAR_CATALOGUE", _text, "model catalogue", "FILE"),
-    Option("limit_rpm", "--limit-rpm", "SIDECAR_LIMIT_RPM", _integer(0), "account RPM", "N"),
-    Option("limit_tpm", "--limit-tpm", "SIDECAR_LIMIT_TPM", _integer(0), "account TPM", "N"),
-    Option("limit_concurrency", "--limit-concurrency", "SIDECAR_LIMIT_CONCURRENCY", _integer(0),
+    Option("models", "--models", "SIDECAR_MODELS", models, "known model names", "LIST"),
+    Option("max_models", "--max-models", "SIDECAR_MAX_MODELS", integer(0), "model cap", "N"),
+    Option("catalogue", "--catalogue", "SIDECAR_CATALOGUE", text, "model catalogue", "FILE"),
+    Option("limit_rpm", "--limit-rpm", "SIDECAR_LIMIT_RPM", integer(0), "account RPM", "N"),
+    Option("limit_tpm", "--limit-tpm", "SIDECAR_LIMIT_TPM", integer(0), "account TPM", "N"),
+    Option("limit_concurrency", "--limit-concurrency", "SIDECAR_LIMIT_CONCURRENCY", integer(0),
            "account concurrency", "N"),
-    Option("max_concurrency", "--max-concurrency", "SIDECAR_MAX_CONCURRENCY", _integer(0),
+    Option("max_concurrency", "--max-concurrency", "SIDECAR_MAX_CONCURRENCY", integer(0),
            "concurrency guard (0 = off)", "N"),
-    Option("guard_max_wait_s", "--guard-max-wait", "SIDECAR_GUARD_MAX_WAIT_S", _number(0),
+    Option("guard_max_wait_s", "--guard-max-wait", "SIDECAR_GUARD_MAX_WAIT_S", number(0),
            "longest wait for the guard", "S"),
     Option("retry_max_attempts", "--retry-max-attempts", "SIDECAR_RETRY_MAX_ATTEMPTS",
-           _integer(1), "attempts per exchange", "N"),
-    Option("retry_max_wait_s", "--retry-max-wait", "SIDECAR_RETRY_MAX_WAIT_S", _number(0),
+           integer(1), "attempts per exchange", "N"),
+    Option("retry_max_wait_s", "--retry-max-wait", "SIDECAR_RETRY_MAX_WAIT_S", number(0),
            "retry wait budget", "S"),
-    Option("api_key", "", "SIDECAR_API_KEY", _text, "API key", in_file=False),
-    Option("api_key_file", "--api-key-file", "SIDECAR_API_KEY_FILE", _text,
+    Option("api_key", "", "SIDECAR_API_KEY", text, "API key", in_file=False),
+    Option("api_key_file", "--api-key-file", "SIDECAR_API_KEY_FILE", text,
            "file holding the key", "FILE"),
-    Option("balance_poll_s", "--balance-poll", "SIDECAR_BALANCE_POLL_S", _number(0),
+    Option("balance_poll_s", "--balance-poll", "SIDECAR_BALANCE_POLL_S", number(0),
            "balance poll interval (0 = off)", "S"),
-    Option("log_queue_lines", "--log-queue-lines", "SIDECAR_LOG_QUEUE_LINES", _integer(1),
+    Option("log_queue_lines", "--log-queue-lines", "SIDECAR_LOG_QUEUE_LINES", integer(1),
            "log lines held while stdout is blocked, then dropped", "N"),
-    Option("upstream_ca_file", "--upstream-ca-file", "SIDECAR_UPSTREAM_CA_FILE", _text,
+    Option("upstream_ca_file", "--upstream-ca-file", "SIDECAR_UPSTREAM_CA_FILE", text,
            "extra PEM CA bundle for the upstream", "FILE"),
     Option("upstream_proxy", "--upstream-proxy", "SIDECAR_UPSTREAM_PROXY",
-           _any_url("http", "https"), "egress proxy (unset: HTTPS_PROXY etc.)", "URL"),
+           any_url("http", "https"), "egress proxy (unset: HTTPS_PROXY etc.)", "URL"),
     Option("client_timeout_s", "--client-timeout", "SIDECAR_CLIENT_TIMEOUT_S",
-           _number(0, strict=True), "longest a client may take to send its request", "S"),
+           number(0, strict=True), "longest a client may take to send its request", "S"),
     Option("guard_redis_url", "--guard-redis-url", "SIDECAR_GUARD_REDIS_URL",
-           _any_url("redis", "rediss"), "share --max-concurrency through this Redis", "URL"),
-    Option("guard_key", "--guard-key", "SIDECAR_GUARD_KEY", _text,
+           any_url("redis", "rediss"), "share --max-concurrency through this Redis", "URL"),
+    Option("guard_key", "--guard-key", "SIDECAR_GUARD_KEY", text,
            "shared budget name (default: upstream name)", "NAME"),
-    Option("guard_lease_s", "--guard-lease-s", "SIDECAR_GUARD_LEASE_S", _number(0, strict=True),
+    Option("guard_lease_s", "--guard-lease-s", "SIDECAR_GUARD_LEASE_S", number(0, strict=True),
            "a dead sidecar's slots return within this time", "S"),
-    Option("otlp_endpoint", "--otlp-endpoint", "SIDECAR_OTLP_ENDPOINT", _any_url("http", "https"),
+    Option("otlp_endpoint", "--otlp-endpoint", "SIDECAR_OTLP_ENDPOINT", any_url("http", "https"),
            "OTLP/HTTP endpoint for spans and GenAI metrics", "URL"),
     # Fallback (TOML file only): the breaker's schedule; the [[fallback]] tables are read by load.
-    Option("breaker_failures", "", "", _integer(1), "consecutive failures that open a breaker"),
-    Option("breaker_cooldown_s", "", "", _number(0, strict=True), "open time before a probe"),
+    Option("breaker_failures", "", "", integer(1), "consecutive failures that open a breaker"),
+    Option("breaker_cooldown_s", "", "", number(0, strict=True), "open time before a probe"),
 )
 # fmt: on
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
