@@ -20,10 +20,12 @@ def exchange(route: str = "chat_completions") -> Exchange:
     return Exchange("rid", "POST", route, received_at=0.0, started_wall=datetime.now(UTC))
 
 
-def feed_events(name: str, route: str = "chat_completions") -> Exchange:
+def feed_events(
+    name: str, route: str = "chat_completions", finish_reasons: bool = False
+) -> Exchange:
     """Feed a fixture one event per read, the clock ticking 1 s per read."""
     ex = exchange(route)
-    reader = reader_for(ex, "text/event-stream", None)
+    reader = reader_for(ex, "text/event-stream", None, finish_reasons=finish_reasons)
     for tick, event in enumerate(e + b"\n\n" for e in fixture(name).split(b"\n\n") if e):
         reader.feed(event, float(tick + 1))
     reader.close(99.0)
@@ -200,9 +202,9 @@ EXTRAS = (
 )
 
 
-def observed(chunks: list[bytes], fast: bool) -> tuple[object, ...]:
+def observed(chunks: list[bytes], fast: bool, finish_reasons: bool = True) -> tuple[object, ...]:
     ex = exchange()
-    reader = reader_for(ex, "text/event-stream", None)
+    reader = reader_for(ex, "text/event-stream", None, finish_reasons=finish_reasons)
     reader.fast_path = fast  # type: ignore[attr-defined]
     for tick, chunk in enumerate(chunks):
         reader.feed(chunk, float(tick + 1))
@@ -229,7 +231,9 @@ def test_the_chunk_fast_path_observes_exactly_what_event_by_event_decoding_does(
     bounds = sorted({0, len(body), *(c for c in cuts if c < len(body))})
     by_cut = [body[a:b] for a, b in itertools.pairwise(bounds)]
     for chunks in (by_event, by_cut):
-        assert observed(chunks, fast=True) == observed(chunks, fast=False)
+        for finish in (True, False):
+            fast = observed(chunks, fast=True, finish_reasons=finish)
+            assert fast == observed(chunks, fast=False, finish_reasons=finish)
 
 
 FIRST = b'data: {"model":"m","choices":[{"delta":{"content":"hi"}}]}\n\n'
@@ -267,7 +271,8 @@ def test_reads_after_the_first_token(read: bytes, last_token_at: float, fast: bo
 def test_stream_response_id_and_finish_reasons(
     name: str, response_id: str | None, finish_reasons: tuple[str, ...]
 ) -> None:
-    ex = feed_events(name, "messages" if name.startswith("anthropic") else "chat_completions")
+    route = "anthropic_messages" if name.startswith("anthropic") else "chat_completions"
+    ex = feed_events(name, route, finish_reasons=True)
     if response_id is not None:
         assert ex.response_id == response_id
     else:
@@ -277,7 +282,7 @@ def test_stream_response_id_and_finish_reasons(
 
 def test_finish_reasons_of_several_choices_are_ordered_by_index() -> None:
     ex = exchange()
-    reader = reader_for(ex, "text/event-stream", None)
+    reader = reader_for(ex, "text/event-stream", None, finish_reasons=True)
     for tick, event in enumerate(
         (
             b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"a"}},'
@@ -297,3 +302,9 @@ def test_json_response_id_and_finish_reasons() -> None:
     reader.feed(fixture("deepseek-chat-nonstream.json"), 1.0)
     reader.close(2.0)
     assert ex.response_id and ex.finish_reasons == ("stop",)
+
+
+def test_without_finish_reasons_asked_for_the_fast_path_skips_a_bare_finish_event() -> None:
+    """OpenAI sends the finish reason in an event of its own: found only when asked for."""
+    assert feed_events("openai-stream-include-usage.sse").finish_reasons == ()
+    assert feed_events("deepseek-chat-stream.sse").finish_reasons == ("stop",)  # with usage

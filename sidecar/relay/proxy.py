@@ -92,6 +92,8 @@ class Proxy:
         self._guard = guard
         self._failover = failover
         self._on_upstream_headers = on_upstream_headers  # may rewrite them (trace context)
+        # Only the exported spans use a stream's finish reasons, and finding them costs a scan.
+        self._finish_reasons = settings.otlp_endpoint is not None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received_at = monotonic()
@@ -240,7 +242,12 @@ class Proxy:
         observe_headers(ex, upstream.headers, datetime.now(UTC))
         content_type = upstream.headers.get("Content-Type", "")
         ex.stream = ex.stream or content_type.startswith("text/event-stream")
-        reader = reader_for(ex, content_type, upstream.headers.get("Content-Encoding"))
+        reader = reader_for(
+            ex,
+            content_type,
+            upstream.headers.get("Content-Encoding"),
+            finish_reasons=self._finish_reasons,
+        )
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(client_response_headers(upstream.headers, ex.request_id))
         if ex.fallback_from is not None:
