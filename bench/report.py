@@ -110,17 +110,9 @@ def table(result: dict[str, Any]) -> tuple[str, bool]:
     idle = [_get(x, "idle_cpu_pct") for x in (s, n)]
     rows.append(["Proxy CPU % while idle (1 s)", "—", *(_fmt(v) for v in idle), "—", "—", "—"])
 
-    failed = False
-    cells = []
-    for res in (d, s, n):
-        if not res:
-            cells.append("—")
-            continue
-        ok = sum(r.get("ok", 0) for r in res.values() if isinstance(r, dict) and "ok" in r)
-        total = sum(r.get("n", 0) for r in res.values() if isinstance(r, dict) and "n" in r)
-        bad = total - ok
-        failed = failed or bad > 0
-        cells.append(f"{ok}/{total}" + (f" (**{bad} bad**)" if bad else ""))
+    counts = {name: _complete(res) for name, res in t.items() if res}
+    failed = any(ok < total for ok, total in counts.values())
+    cells = [_complete_cell(counts.get(name)) for name in ("direct", "sidecar", "nginx")]
     rows.append(["Complete, byte-identical responses", *cells, "—", "all", "—"])
 
     head = ["metric", "direct", "sidecar", "nginx", "sidecar/nginx", "target", "met?"]
@@ -131,7 +123,12 @@ def table(result: dict[str, Any]) -> tuple[str, bool]:
         lines += ["", *ratio_table(result)]
     ref = t.get("aiohttp-relay")
     if ref:
-        lines += ["", *reference_table(d, s, ref)]
+        lines += ["", *reference_table(d, s, ref, t.get("lean-relay"))]
+    refs = [f"{REFERENCES[k]} {_complete_cell(counts[k])}" for k in REFERENCES if k in counts]
+    if refs:
+        lines.append(
+            "\nComplete, byte-identical responses through the references: " + ", ".join(refs)
+        )
     for note in result.get("notes", []):
         lines.append(f"\nNote: {note}")
     m = result["machine"]
@@ -145,8 +142,34 @@ def table(result: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), failed
 
 
-def reference_table(d: dict[str, Any], s: dict[str, Any], ref: dict[str, Any]) -> list[str]:
-    """Sidecar vs the bare aiohttp relay: the floor aiohttp sets, and what the sidecar adds."""
+REFERENCES = {
+    "aiohttp-server": "bare aiohttp server",
+    "aiohttp-relay": "aiohttp relay",
+    "lean-relay": "lean relay",
+}
+
+
+def _complete(res: dict[str, Any]) -> tuple[int, int]:
+    """Complete, byte-identical responses and responses asked for, over a target's phases."""
+    phases = [r for r in res.values() if isinstance(r, dict) and "ok" in r and "n" in r]
+    return sum(r["ok"] for r in phases), sum(r["n"] for r in phases)
+
+
+def _complete_cell(count: tuple[int, int] | None) -> str:
+    if count is None:
+        return "—"
+    ok, total = count
+    return f"{ok}/{total}" + (f" (**{total - ok} bad**)" if ok < total else "")
+
+
+def reference_table(
+    d: dict[str, Any], s: dict[str, Any], ref: dict[str, Any], lean: dict[str, Any] | None = None
+) -> list[str]:
+    """Sidecar vs the bare aiohttp relay: the floor aiohttp sets, and what the sidecar adds.
+
+    With the lean relay (the same relay, its upstream leg an httptools protocol instead of
+    aiohttp's client) beside it: how much of that floor is the generic client.
+    """
 
     def mib(x: dict[str, Any], key: str) -> float | None:
         v = _get(x, "hold", key)
@@ -166,15 +189,30 @@ def reference_table(d: dict[str, Any], s: dict[str, Any], ref: dict[str, Any]) -
         ("peak RSS MiB, open streams", mib(ref, "vmhwm_kib"), mib(s, "vmhwm_kib"), 1),
         ("idle RSS MiB", mib(ref, "idle_rss_kib"), mib(s, "idle_rss_kib"), 1),
     ]
+    lean_values: dict[str, float | None] = {}
+    if lean:
+        lean_values = {
+            "CPU µs per JSON response": cpu(lean, "json"),
+            "CPU µs per 100-chunk stream": cpu(lean, "sse"),
+            "added TTFB p50 ms": added_ttfb(lean),
+            "peak RSS MiB, open streams": mib(lean, "vmhwm_kib"),
+            "idle RSS MiB": mib(lean, "idle_rss_kib"),
+        }
     out = [
-        "Reference: the smallest aiohttp relay (bench/bare_relay.py, not the product)",
+        "Reference: the smallest aiohttp relay (bench/bare_relay.py, not the product)"
+        + (" and the lean relay (bench/lean_relay.py, httptools upstream leg)" if lean else ""),
         "",
-        "| metric | bare aiohttp relay | sidecar | sidecar's own share |",
-        "|---|---|---|---|",
+        "| metric | bare aiohttp relay | sidecar | sidecar's own share |"
+        + (" lean relay | lean / aiohttp relay |" if lean else ""),
+        "|---|---|---|---|" + ("---|---|" if lean else ""),
     ]
     for label, r, v, digits in pairs:
         share = "—" if r is None or v is None or not v else f"{100 * (v - r) / v:.0f}%"
-        out.append(f"| {label} | {_fmt(r, digits)} | {_fmt(v, digits)} | {share} |")
+        row = f"| {label} | {_fmt(r, digits)} | {_fmt(v, digits)} | {share} |"
+        if lean:
+            lv = lean_values[label]
+            row += f" {_fmt(lv, digits)} | {_ratio(lv, r)} |"
+        out.append(row)
     return out
 
 
@@ -198,9 +236,14 @@ def _verdict(value: float | None, limit: float) -> str:
 
 
 def ratio_table(result: dict[str, Any]) -> list[str]:
-    """Every sidecar figure as a ratio to nginx and to the bare aiohttp server, same run."""
+    """Every proxy's figures as ratios to nginx and to the bare aiohttp server, same run.
+
+    One row per proxy and metric: the sidecar, then the two reference relays (aiohttp's client,
+    the lean httptools leg), each held to the sidecar's targets.
+    """
     t = result["targets"]
-    d, s, n, b = (t.get(k, {}) for k in ("direct", "sidecar", "nginx", "aiohttp-server"))
+    d, n, b = (t.get(k, {}) for k in ("direct", "nginx", "aiohttp-server"))
+    proxies = [(label, t[key]) for key, label in PROXIES if t.get(key)]
 
     def added(x: dict[str, Any], pct: str) -> float | None:
         v, base = _get(x, "ttfb", "ttfb_ms", pct), _get(d, "ttfb", "ttfb_ms", pct)
@@ -214,38 +257,58 @@ def ratio_table(result: dict[str, Any]) -> list[str]:
         ("json", "CPU µs per JSON response", "json_vs_server", None),
         ("sse", "CPU µs per 100-event stream", "sse_vs_server", "sse_vs_nginx"),
     ):
-        sv, nv, bv = (_get(x, phase, "cpu_us_per") for x in (s, n, b))
-        targets = [f"≤ {RATIO_TARGETS[key_b]:g}x server"]
-        met = [_verdict(q(sv, bv), RATIO_TARGETS[key_b])]
-        if key_n:
-            targets.append(f"≤ {RATIO_TARGETS[key_n]:g}x nginx")
-            met.append(_verdict(q(sv, nv), RATIO_TARGETS[key_n]))
-        rows.append([label, _fmt(sv), _fmt(nv), _fmt(bv), _ratio(sv, nv), _ratio(sv, bv),
-                     ", ".join(targets), ", ".join(met)])  # fmt: skip
+        nv, bv = _get(n, phase, "cpu_us_per"), _get(b, phase, "cpu_us_per")
+        for name, x in proxies:
+            sv = _get(x, phase, "cpu_us_per")
+            targets = [f"≤ {RATIO_TARGETS[key_b]:g}x server"]
+            met = [_verdict(q(sv, bv), RATIO_TARGETS[key_b])]
+            if key_n:
+                targets.append(f"≤ {RATIO_TARGETS[key_n]:g}x nginx")
+                met.append(_verdict(q(sv, nv), RATIO_TARGETS[key_n]))
+            rows.append([label, name, _fmt(sv), _fmt(nv), _fmt(bv), _ratio(sv, nv),
+                         _ratio(sv, bv), ", ".join(targets), ", ".join(met)])  # fmt: skip
     for pct in ("p50", "p99"):
-        sv, nv, bv = added(s, pct), added(n, pct), added(b, pct)
+        nv, bv = added(n, pct), added(b, pct)
         limit = None if nv is None else RATIO_TARGETS["ttfb_vs_nginx"] * nv + TTFB_SLACK_MS
         target = f"≤ 1.3x nginx + {TTFB_SLACK_MS:g} ms" if pct == "p50" else "—"
-        met = _verdict(sv, limit) if pct == "p50" and limit is not None and limit > 0 else "—"
-        rows.append([f"added TTFB {pct} ms", _added(sv), _added(nv), _added(bv),
-                     _ratio(sv, nv), "—", target, met])  # fmt: skip
+        for name, x in proxies:
+            sv = added(x, pct)
+            met = _verdict(sv, limit) if pct == "p50" and limit is not None and limit > 0 else "—"
+            rows.append([f"added TTFB {pct} ms", name, _added(sv), _added(nv), _added(bv),
+                         _ratio(sv, nv), "—", target, met])  # fmt: skip
     streams = result["sizes"]["streams"]
-    rss = [_get(x, "hold", "vmhwm_kib") for x in (s, n, b)]
-    mb = [None if v is None else v * 1024 / 1e6 for v in rss]
-    rows.append([f"peak RSS MB, {streams} open streams", *(_fmt(v) for v in mb),
-                 _ratio(mb[0], mb[1]), _ratio(mb[0], mb[2]), f"≤ {HOLD_RSS_MB:g} MB",
-                 _verdict(mb[0], HOLD_RSS_MB)])  # fmt: skip
-    cpu = [_get(x, "hold", "cpu_s") for x in (s, n, b)]
-    rows.append([f"CPU s carrying {streams} open streams", *(_fmt(v, 2) for v in cpu),
-                 _ratio(cpu[0], cpu[1]), _ratio(cpu[0], cpu[2]),
-                 f"≤ {RATIO_TARGETS['hold_cpu_vs_nginx']:g}x nginx",
-                 _verdict(q(cpu[0], cpu[1]), RATIO_TARGETS["hold_cpu_vs_nginx"])])  # fmt: skip
-    head = ["metric", "sidecar", "nginx", "bare aiohttp server", "sidecar/nginx",
-            "sidecar/server", "target", "met?"]  # fmt: skip
+    nmb, bmb = (_mb(_get(x, "hold", "vmhwm_kib")) for x in (n, b))
+    for name, x in proxies:
+        smb = _mb(_get(x, "hold", "vmhwm_kib"))
+        rows.append([f"peak RSS MB, {streams} open streams", name, _fmt(smb), _fmt(nmb),
+                     _fmt(bmb), _ratio(smb, nmb), _ratio(smb, bmb), f"≤ {HOLD_RSS_MB:g} MB",
+                     _verdict(smb, HOLD_RSS_MB)])  # fmt: skip
+    ncpu, bcpu = _get(n, "hold", "cpu_s"), _get(b, "hold", "cpu_s")
+    for name, x in proxies:
+        scpu = _get(x, "hold", "cpu_s")
+        rows.append([f"CPU s carrying {streams} open streams", name, _fmt(scpu, 2),
+                     _fmt(ncpu, 2), _fmt(bcpu, 2), _ratio(scpu, ncpu), _ratio(scpu, bcpu),
+                     f"≤ {RATIO_TARGETS['hold_cpu_vs_nginx']:g}x nginx",
+                     _verdict(q(scpu, ncpu), RATIO_TARGETS["hold_cpu_vs_nginx"])])  # fmt: skip
+    head = ["metric", "proxy", "value", "nginx", "bare aiohttp server", "/ nginx", "/ server",
+            "target", "met?"]  # fmt: skip
     out = [
-        "Ratios in the same run (the bare server answers the upstream's bytes itself, no proxy)",
+        "Ratios in the same run (the bare server answers the upstream's bytes itself, no proxy;"
+        " the relays are references, held to the sidecar's targets)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+# The proxies the ratio table reports, in order: the product, then the two reference relays.
+PROXIES = (
+    ("sidecar", "sidecar"),
+    ("aiohttp-relay", "aiohttp relay"),
+    ("lean-relay", "lean relay"),
+)
+
+
+def _mb(kib: float | None) -> float | None:
+    return None if kib is None else kib * 1024 / 1e6

@@ -8,8 +8,9 @@ raw-asyncio upstream), ``python -m sidecar run``, nginx (one worker, generated c
 pinned to the first CPU, and the load, the upstream and this script to the others. CPU
 figures are the proxy process's own user+sys time from /proc divided by the responses it
 relayed; memory is VmHWM from /proc. Every relayed response is checked complete and
-byte-identical to what the upstream sent. Two references run in the same way: a bare aiohttp
-server answering the upstream's bytes itself, and the smallest aiohttp relay.
+byte-identical to what the upstream sent. Three references run in the same way: a bare aiohttp
+server answering the upstream's bytes itself, the smallest aiohttp relay, and the same relay
+with a lean upstream leg (an asyncio protocol on httptools instead of aiohttp's client).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.util
 import os
 import platform
 import resource
@@ -384,6 +386,15 @@ def start_bare_relay(upstream_port: int, tmp: Path, tag: str) -> Target:
     return Target("aiohttp-relay", f"http://127.0.0.1:{port}{PATH}", proc)
 
 
+def start_lean_relay(upstream_port: int, tmp: Path, tag: str) -> Target:
+    """The aiohttp server with a lean upstream leg: what the generic client costs the relay."""
+    port = free_port()
+    cmd = [PY, str(HERE / "lean_relay.py"), f"http://127.0.0.1:{upstream_port}", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin(CORES.proxy))
+    wait_port(port, proc, "lean relay")
+    return Target("lean-relay", f"http://127.0.0.1:{port}{PATH}", proc)
+
+
 def start_bare_server(upstream_port: int, tmp: Path, tag: str) -> Target:
     """The reference server: the upstream's bytes answered by aiohttp itself, no proxying."""
     port = free_port()
@@ -412,6 +423,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_reference:
         starters.append(("aiohttp-server", start_bare_server))
         starters.append(("aiohttp-relay", start_bare_relay))
+        if importlib.util.find_spec("httptools") is None:
+            notes.append("httptools not installed (the dev extra): the lean relay is skipped")
+        else:
+            starters.append(("lean-relay", start_lean_relay))
     global CORES, SIDECAR_ROOT
     CORES = Cores() if args.no_pin else Cores.split()
     SIDECAR_ROOT = Path(args.sidecar_root).resolve() if args.sidecar_root else ROOT
@@ -477,7 +492,7 @@ def main() -> int:
     parser.add_argument(
         "--no-reference",
         action="store_true",
-        help="skip the bare aiohttp server and relay reference columns",
+        help="skip the reference columns (bare aiohttp server, aiohttp relay, lean relay)",
     )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the proxy and the load to CPUs"
