@@ -378,30 +378,29 @@ def start_py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_bare_relay(upstream_port: int, tmp: Path, tag: str) -> Target:
+def start_reference(script: str, name: str, what: str, *args: str) -> Target:
+    """One of the reference processes in ``bench/``, pinned like the sidecar, on a free port."""
     port = free_port()
-    cmd = [PY, str(HERE / "bare_relay.py"), f"http://127.0.0.1:{upstream_port}", str(port)]
+    cmd = [PY, str(HERE / script), *args, str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin(CORES.proxy))
-    wait_port(port, proc, "bare aiohttp relay")
-    return Target("aiohttp-relay", f"http://127.0.0.1:{port}{PATH}", proc)
+    wait_port(port, proc, what)
+    return Target(name, f"http://127.0.0.1:{port}{PATH}", proc)
+
+
+def start_bare_relay(upstream_port: int, tmp: Path, tag: str) -> Target:
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    return start_reference("bare_relay.py", "aiohttp-relay", "bare aiohttp relay", upstream)
 
 
 def start_lean_relay(upstream_port: int, tmp: Path, tag: str) -> Target:
     """The aiohttp server with a lean upstream leg: what the generic client costs the relay."""
-    port = free_port()
-    cmd = [PY, str(HERE / "lean_relay.py"), f"http://127.0.0.1:{upstream_port}", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin(CORES.proxy))
-    wait_port(port, proc, "lean relay")
-    return Target("lean-relay", f"http://127.0.0.1:{port}{PATH}", proc)
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    return start_reference("lean_relay.py", "lean-relay", "lean relay", upstream)
 
 
 def start_bare_server(upstream_port: int, tmp: Path, tag: str) -> Target:
     """The reference server: the upstream's bytes answered by aiohttp itself, no proxying."""
-    port = free_port()
-    cmd = [PY, str(HERE / "bare_server.py"), str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pin(CORES.proxy))
-    wait_port(port, proc, "bare aiohttp server")
-    return Target("aiohttp-server", f"http://127.0.0.1:{port}{PATH}", proc)
+    return start_reference("bare_server.py", "aiohttp-server", "bare aiohttp server")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
