@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client.utils import floatToGoString as _go_float
 
-from sidecar.telemetry.metrics import SPECS, Spec
+from sidecar.telemetry.specs import SPECS, Spec
 
 DAY = 86400
 DAYS = 28

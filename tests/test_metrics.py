@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from sidecar.telemetry.metrics import SPECS
+from sidecar.telemetry.specs import SPECS
 from tests.conftest import RunningSidecar, require_binary
 from tests.fake_upstream import FakeUpstream, fixture, json_reply, sse
 

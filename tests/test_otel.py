@@ -27,8 +27,8 @@ from sidecar.exchange import Exchange, Outcome, Usage
 from sidecar.settings import Settings, SettingsError
 from sidecar.telemetry.genai import Server, error_type, span_attributes, span_name
 from sidecar.telemetry.logs import build_logger
-from sidecar.telemetry.metrics import DURATION_BUCKETS
 from sidecar.telemetry.otel_options import OtelOptions
+from sidecar.telemetry.specs import DURATION_BUCKETS
 from tests.conftest import RunningSidecar, closed_port, running_sidecar
 from tests.fake_upstream import FakeUpstream, fixture, json_reply, sse
 from tests.otlp_receiver import OtlpReceiver, attributes

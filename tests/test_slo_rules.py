@@ -12,7 +12,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from sidecar.telemetry.metrics import SPECS
+from sidecar.telemetry.specs import SPECS
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"

@@ -14,6 +14,7 @@ from typing import Protocol
 import orjson
 
 from sidecar.exchange import Exchange
+from sidecar.observe.content_coding import Decompressor
 from sidecar.observe.sse import SSEDecoder, SSEEvent
 from sidecar.observe.usage import (
     find_finish_reasons,
@@ -65,35 +66,6 @@ class Reader(Protocol):
     def feed(self, chunk: bytes, now: float) -> None: ...
 
     def close(self, now: float) -> None: ...
-
-
-class Decompressor:
-    """Decode a copy of ``Content-Encoding`` bytes for observation only (gzip, deflate)."""
-
-    def __init__(self, encoding: str) -> None:
-        self.encoding = encoding
-        if encoding == "gzip":
-            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._obj = zlib.decompressobj(zlib.MAX_WBITS)
-        else:
-            raise ValueError(encoding)
-        self._raw_fallback = encoding == "deflate"
-
-    def decompress(self, chunk: bytes, limit: int) -> bytes:
-        try:
-            out = self._obj.decompress(chunk, limit)
-        except zlib.error:
-            if not self._raw_fallback:
-                raise
-            # Some servers send raw deflate despite RFC 9110; retry once without the header.
-            self._raw_fallback = False
-            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
-            out = self._obj.decompress(chunk, limit)
-        self._raw_fallback = False
-        if self._obj.unconsumed_tail:
-            raise OverflowError("decompressed data exceeds the observation cap")
-        return out
 
 
 class _Base:

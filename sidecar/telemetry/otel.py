@@ -43,9 +43,9 @@ from sidecar.telemetry.genai import (
     span_name,
 )
 from sidecar.telemetry.labels import ModelLabels
-from sidecar.telemetry.metrics import DURATION_BUCKETS, LATENCY_BUCKETS, TOKEN_BUCKETS
 from sidecar.telemetry.otel_drops import CountingMetricExporter, CountingSpanExporter, DropLedger
 from sidecar.telemetry.otel_options import SERVICE_NAME, OtelOptions
+from sidecar.telemetry.specs import DURATION_BUCKETS, LATENCY_BUCKETS, TOKEN_BUCKETS
 from sidecar.telemetry.tracecontext import trace_context
 
 
