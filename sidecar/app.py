@@ -29,8 +29,6 @@ from sidecar.admission.retry import RetryPolicy
 from sidecar.exchange import Exchange
 from sidecar.relay.descriptors import (
     ExhaustionReport,
-    OpenFilesLimit,
-    needed_for,
     raise_open_files_limit,
 )
 from sidecar.relay.egress import Egress
@@ -283,23 +281,10 @@ async def serve(settings: Settings, catalogue: Catalogue) -> None:
             open_files_limit=limit.soft,
             settings=settings.masked(),
         )
-        _warn_if_fds_too_few(sidecar.logger, limit, settings)
+        limit.warn_if_short(sidecar.logger, settings.max_concurrency or settings.limit_concurrency)
         await stop.wait()
         sidecar.ready["ready"] = False
         sidecar.logger.info("draining", shutdown_timeout_s=settings.shutdown_timeout_s)
     sidecar.logger.info("stopped")
     if sidecar.log_writer is not None:
         sidecar.log_writer.close(LOG_FLUSH_TIMEOUT_S)
-
-
-def _warn_if_fds_too_few(logger: Any, limit: OpenFilesLimit, settings: Settings) -> None:
-    """One warning line when even the hard limit cannot carry the configured concurrency."""
-    concurrency = settings.max_concurrency or settings.limit_concurrency
-    if concurrency and not limit.enough_for(concurrency):
-        logger.warning(
-            "open_files_limit_low",
-            open_files_limit=limit.soft,
-            hard_limit=limit.hard,
-            concurrency=concurrency,
-            needed=needed_for(concurrency),
-        )

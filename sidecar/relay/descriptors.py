@@ -40,6 +40,17 @@ class OpenFilesLimit:
         """True when ``concurrency`` exchanges in flight fit under the limit."""
         return self.soft >= needed_for(concurrency)
 
+    def warn_if_short(self, logger: Any, concurrency: int) -> None:
+        """One warning line when even the hard limit cannot carry ``concurrency`` (0: none set)."""
+        if concurrency and not self.enough_for(concurrency):
+            logger.warning(
+                "open_files_limit_low",
+                open_files_limit=self.soft,
+                hard_limit=self.hard,
+                concurrency=concurrency,
+                needed=needed_for(concurrency),
+            )
+
 
 def needed_for(concurrency: int) -> int:
     return concurrency * FDS_PER_EXCHANGE + SPARE_FDS
