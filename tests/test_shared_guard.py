@@ -530,7 +530,11 @@ async def test_redis_stopped_and_restarted_mid_load_fails_no_request(
     await server.close()
     statuses = [status for batch in results for status in batch]
     assert len(statuses) > 100 and set(statuses) == {200}
-    assert seen[0] == [1, 1] and [0, 0] in seen and seen[-1] == [1, 1]
+    # Up, down, then up again. Under CPU starvation (a loaded CI machine) a later Redis call can
+    # exceed the 250 ms timeout and flip a sidecar to its local guard once more, which is the
+    # designed answer to a slow Redis; what must hold is that it comes back.
+    assert seen[0] == [1, 1] and [0, 0] in seen
+    await until(lambda: gauge() == [1, 1], timeout_s=PROBE_S + 3)
     for sidecar in sidecars:
         assert sidecar.value("llm_sidecar_guard_backend_errors_total", backend="redis") >= 1
     # every slot taken before, during or after the outage has been given back
