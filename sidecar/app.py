@@ -27,6 +27,7 @@ from sidecar.admission.fallback import BREAKER_OPEN, Router
 from sidecar.admission.guard import ConcurrencyGuard
 from sidecar.admission.retry import RetryPolicy
 from sidecar.exchange import Exchange
+from sidecar.relay.client import UpstreamClient
 from sidecar.relay.descriptors import (
     ExhaustionReport,
     raise_open_files_limit,
@@ -54,13 +55,14 @@ LOG_FLUSH_TIMEOUT_S = 5.0
 
 @dataclass
 class Sidecar:
-    """One running sidecar: settings, metrics, the upstream session, and readiness."""
+    """One running sidecar: settings, metrics, the upstream client, and readiness."""
 
     settings: Settings
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     logger: Any = None
     ready: dict[str, bool] = field(default_factory=lambda: {"ready": True})
     session: aiohttp.ClientSession | None = None
+    client: UpstreamClient | None = None
     catalogue: Catalogue = field(default_factory=Catalogue.builtin)
     poller: BalancePoller | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)  # OTEL_* variables
@@ -90,7 +92,7 @@ class Sidecar:
         )
         self.proxy = Proxy(
             self.settings,
-            session_factory=self._session,
+            client_factory=self._client,
             on_started=lambda ex: self.metrics.started(ex.route),
             on_finished=self._finished,
             attempt=attempt,
@@ -114,7 +116,7 @@ class Sidecar:
         for fb in s.fallback:  # the pairs that can happen exist at zero from the start
             for reason in (*sorted(fb.on), BREAKER_OPEN):
                 self.metrics.fallback(s.upstream_name, fb.name, reason, 0)
-        return Failover(router, attempt, self._session, s.upstream, on_moved=self.metrics.moved)
+        return Failover(router, attempt, self._client, s.upstream, on_moved=self.metrics.moved)
 
     def _guard(self) -> ConcurrencyGuard | None:
         """The opt-in guard: local, or shared through Redis (imported only when asked for)."""
@@ -149,6 +151,11 @@ class Sidecar:
             ) from None
         return build(self.settings, self.environ, self.metrics.otel_dropped)
 
+    def _client(self) -> UpstreamClient:
+        if self.client is None:
+            raise RuntimeError("upstream client used before start()")
+        return self.client
+
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
             raise RuntimeError("upstream session used before start()")
@@ -168,7 +175,9 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         self.fd_report.install(asyncio.get_running_loop())
-        self.session = self.egress.open_session(s)  # TLS store, egress proxy, pool expiry
+        context = self.egress.tls_context()  # one trust store for both legs
+        self.session = self.egress.open_session(s, context)  # egress proxy, pool expiry
+        self.client = UpstreamClient(self.egress.open_lean(s, context), self._session)
         if s.balance_poll_s > 0 and s.api_key:
             self.poller = BalancePoller(
                 self.session,
@@ -189,6 +198,8 @@ class Sidecar:
             await self.poller.stop()
         if self.guard is not None:
             await self.guard.close()  # after the drain: every slot has been released
+        if self.client is not None:
+            await self.client.close()
         if self.session is not None:
             await self.session.close()
 

@@ -1,8 +1,9 @@
 """How the sidecar reaches its upstreams: trust store, egress proxy, connection pool.
 
-One ``aiohttp.ClientSession`` carries every upstream request (relay, realtime handshakes,
-fallbacks, the balance poller). It is built here from the settings and an injected environ
-mapping, so what a test passes is exactly what the sidecar uses.
+Two legs carry upstream requests (``relay.client``): the lean HTTP/1.1 client for direct
+requests, and one ``aiohttp.ClientSession`` for requests through an egress proxy, realtime
+handshakes and the balance poller. Both are built here from the settings and an injected
+environ mapping, so what a test passes is exactly what the sidecar uses.
 
 The session's default proxy is the one chosen for the primary upstream, which covers the
 balance poller; the relay passes the choice for each request's own URL (``proxy_for``).
@@ -10,12 +11,14 @@ balance poller; the relay passes the choice for each request's own URL (``proxy_
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
+from sidecar.relay.http1 import LeanClient
 from sidecar.relay.pool import POOL_IDLE_S, PoolConnector
 from sidecar.relay.proxy_env import ProxyChoice
 from sidecar.relay.tls import client_context
@@ -39,11 +42,21 @@ class Egress:
     def proxy_for(self, url: URL) -> URL | None:
         return self.proxies.for_url(url)
 
-    def open_session(self, settings: Settings) -> aiohttp.ClientSession:
-        """The shared session; raises ``SettingsError`` when the CA bundle is unusable."""
+    def tls_context(self) -> ssl.SSLContext:
+        """The verifying context both legs share; ``SettingsError`` for an unusable CA bundle."""
+        return client_context(self.ca_file)
+
+    def open_lean(self, settings: Settings, context: ssl.SSLContext) -> LeanClient:
+        """The lean leg for direct requests; built in the running event loop."""
+        return LeanClient(context, settings.connect_timeout_s, settings.idle_timeout_s)
+
+    def open_session(
+        self, settings: Settings, context: ssl.SSLContext | None = None
+    ) -> aiohttp.ClientSession:
+        """The aiohttp session: proxied requests, WebSocket handshakes, the balance poller."""
         connector = PoolConnector(
             limit=0,  # no pool cap: the guard is the cap
-            ssl=client_context(self.ca_file),
+            ssl=context or self.tls_context(),
             keepalive_timeout=POOL_IDLE_S,
         )
         session = aiohttp.ClientSession(

@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 from multidict import CIMultiDict
 from yarl import URL
@@ -29,6 +28,7 @@ from sidecar.admission.fallback import (
 )
 from sidecar.exchange import Exchange, RateLimits
 from sidecar.observe.readers import MAX_JSON_BODY
+from sidecar.relay.client import UpstreamClient, UpstreamResponse
 from sidecar.relay.errors import SidecarError
 from sidecar.relay.headers import fallback_request_headers
 from sidecar.relay.upstream import Attempt, UpstreamFailure, send_with_retries
@@ -67,7 +67,7 @@ class _Answer:
     """One upstream's answer: a response to relay or a failure, with what it observed."""
 
     target: Target
-    response: aiohttp.ClientResponse | None
+    response: UpstreamResponse | None
     failure: UpstreamFailure | None
     limits: RateLimits
 
@@ -107,13 +107,13 @@ class Failover:
         self,
         router: Router,
         attempt: Attempt,
-        session: Callable[[], aiohttp.ClientSession],
+        client: Callable[[], UpstreamClient],
         primary_base: str,
         on_moved: Callable[[str, str, str], None],
     ) -> None:
         self.router = router
         self.attempt = attempt
-        self.session = session
+        self.client = client
         self.primary_base = primary_base
         self.on_moved = on_moved
 
@@ -129,7 +129,7 @@ class Failover:
         headers: CIMultiDict[str],
         *,
         retry_enabled: bool,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """The response to relay, or ``UpstreamFailure`` (its envelope is what the client gets)."""
         assert ex.requested_model is not None  # eligible() made sure
         req = _Request(ex, ex.requested_model, method, path_qs, body, headers, retry_enabled)
@@ -201,12 +201,12 @@ class Failover:
         url, headers, body = self._request_for(req, target)
         ex.limits = RateLimits()
         req.segments.append((target.name, len(ex.attempt_codes)))
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         failure: UpstreamFailure | None = None
         try:
             response = await send_with_retries(
                 self.attempt,
-                self.session(),
+                self.client(),
                 ex,
                 req.method,
                 url,

@@ -55,7 +55,7 @@ class Leg:
 CURRENT_LEG: ContextVar[Leg | None] = ContextVar("sidecar_upstream_leg", default=None)
 
 
-def _peer_closed(protocol: Any) -> bool:
+def peer_closed(protocol: Any) -> bool:
     """True when the connection cannot carry a request: closed, or readable while idle."""
     transport = getattr(protocol, "transport", None)
     if transport is None or transport.is_closing():
@@ -82,7 +82,7 @@ class PoolConnector(aiohttp.TCPConnector):
     async def _get(self, key: Any, traces: list[Any]) -> Any:
         """The next open pooled connection, or None (the connector then makes a fresh one)."""
         while (connection := await super()._get(key, traces)) is not None:
-            if not _peer_closed(connection.protocol):
+            if not peer_closed(connection.protocol):
                 if (leg := CURRENT_LEG.get()) is not None:
                     leg.reused = True
                 return connection

@@ -32,6 +32,7 @@ from sidecar.observe.readers import (
     observation_failed,
     reader_for,
 )
+from sidecar.relay.client import UpstreamClient, UpstreamResponse
 from sidecar.relay.errors import SidecarError, body_failure, error_response
 from sidecar.relay.failover import Failover
 from sidecar.relay.headers import (
@@ -75,7 +76,7 @@ class Proxy:
     def __init__(
         self,
         settings: Settings,
-        session_factory: Callable[[], aiohttp.ClientSession],
+        client_factory: Callable[[], UpstreamClient],
         on_started: Callable[[Exchange], None],
         on_finished: Callable[[Exchange], None],
         attempt: Attempt,
@@ -85,7 +86,7 @@ class Proxy:
     ) -> None:
         self.settings = settings
         self.base = settings.upstream
-        self._session = session_factory
+        self._client = client_factory
         self._on_started = on_started
         self._on_finished = on_finished
         self._attempt = attempt
@@ -178,7 +179,7 @@ class Proxy:
             else:
                 upstream = await send_with_retries(
                     self._attempt,
-                    self._session(),
+                    self._client(),
                     ex,
                     request.method,
                     URL(self.base + request.raw_path, encoded=True),
@@ -192,7 +193,8 @@ class Proxy:
             ex.finish(failure.outcome, monotonic())
             return failure.response
         try:
-            if upstream.status == 101 and "Upgrade" in headers:  # set only for a WebSocket
+            # ``Upgrade`` is set only for a WebSocket handshake, which aiohttp's session sends
+            if upstream.status == 101 and isinstance(upstream, aiohttp.ClientResponse):
                 return await relay_session(request, ex, upstream, self.settings.idle_timeout_s)
             return await self._relay(request, ex, upstream)
         finally:
@@ -235,7 +237,7 @@ class Proxy:
         return b"".join(chunks)
 
     async def _relay(
-        self, request: web.BaseRequest, ex: Exchange, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, ex: Exchange, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         ex.response_started_at = monotonic()
         ex.status = upstream.status
@@ -275,7 +277,7 @@ class Proxy:
     async def _pump(
         self,
         response: web.StreamResponse,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         reader: Reader,
         ex: Exchange,
     ) -> Outcome:

@@ -31,6 +31,7 @@ from sidecar.admission.retry import RetryPolicy, is_retryable_status
 from sidecar.exchange import Exchange, Outcome
 from sidecar.observe.limits import observe_headers
 from sidecar.observe.readers import CONCURRENCY_429
+from sidecar.relay.client import UpstreamClient, UpstreamResponse
 from sidecar.relay.descriptors import EXHAUSTED_MESSAGE, is_exhaustion
 from sidecar.relay.egress import Egress
 from sidecar.relay.errors import SidecarError, error_response
@@ -83,7 +84,7 @@ class Attempt:
             self.log.warning("upstream_tls_error", request_id=ex.request_id, host=host, cause=cause)
 
 
-async def _read_error_body(ex: Exchange, response: aiohttp.ClientResponse) -> None:
+async def _read_error_body(ex: Exchange, response: UpstreamResponse) -> None:
     """Observe a retried 429's body (DeepSeek's concurrency limit) before discarding it."""
     try:
         body = await response.content.read(_ERROR_BODY_CAP)
@@ -96,7 +97,7 @@ async def _read_error_body(ex: Exchange, response: aiohttp.ClientResponse) -> No
 
 async def send_with_retries(
     attempt: Attempt,
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     ex: Exchange,
     method: str,
     url: URL,
@@ -104,7 +105,7 @@ async def send_with_retries(
     body: bytes,
     *,
     retry_enabled: bool,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """Return the upstream response to relay, or raise ``UpstreamFailure``."""
     waited_s = 0.0
     resends = 0  # stale-connection resends: outside the retry policy's attempt count
@@ -116,14 +117,7 @@ async def send_with_retries(
         leg = Leg()
         token = CURRENT_LEG.set(leg)
         try:
-            response = await session.request(
-                method,
-                url,
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                proxy=proxy,
-            )
+            response = await client.request(method, url, headers, body, proxy)
         except aiohttp.ConnectionTimeoutError:
             failure = _failed(ex, _UNREACHABLE, "timed out connecting to the " + _hop(proxy))
         except aiohttp.ServerTimeoutError:
