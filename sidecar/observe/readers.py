@@ -99,10 +99,20 @@ class _Base:
 
 
 class StreamReader(_Base):
-    """SSE responses: first data, first/last content token, model, usage (last one wins)."""
+    """SSE responses: first data, first/last content token, model, usage (last one wins).
+
+    After the first event only tokens, usage and finish reasons matter, so a read of whole
+    events without usage or comments skips the decoder: ``feed`` answers it with a few C-level
+    scans (``bytes.find``/``rfind``) and no allocation. Whether the decoder sits between events
+    changes only when it is fed, so it is worked out once per decoded read (``_fast``), not per
+    event. Invariant (property-tested): the facts are those of decoding every event.
+
+    ``rfind`` rather than ``in``: on JSON text CPython's reverse search is about twice as fast
+    as its forward one for these markers (0.085 vs 0.19 µs for ``"usage":{`` over a 290-byte
+    DeepSeek event, Python 3.11), and usage and content sit near an event's end.
+    """
 
     kind = "sse"
-    fast_path = True  # tests turn it off to compare with the event-by-event path
 
     def __init__(
         self, ex: Exchange, encoding: str | None, anthropic: bool, finish_reasons: bool = False
@@ -112,11 +122,81 @@ class StreamReader(_Base):
         self._anthropic = anthropic
         self._parsed_first = False
         # Finish reasons ride on events without usage (OpenAI), so finding them costs one more
-        # scan of every chunk (~0.3 µs): done only when something reads them (span export).
+        # scan of every chunk (~0.08 µs): done only when something reads them (span export).
         self._finish_mark = _FINISH_MARK if finish_reasons else _USAGE_MARK
         self._finish: dict[int, str] = {}
+        self._fast_path = True
+        # True when the next read may skip the decoder: observing, first event parsed, decoder
+        # between events, no decompression (a compressed read is checked after decoding).
+        self._fast = False
+
+    @property
+    def fast_path(self) -> bool:
+        """Tests turn it off to compare with the event-by-event path."""
+        return self._fast_path
+
+    @fast_path.setter
+    def fast_path(self, on: bool) -> None:
+        self._fast_path = on
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._fast = (
+            self.active
+            and self._parsed_first
+            and self._fast_path
+            and self._decompressor is None
+            and self._decoder.at_boundary()
+        )
+
+    def _give_up(self, kind: str) -> None:
+        super()._give_up(kind)
+        self._fast = False
 
     def feed(self, chunk: bytes, now: float) -> None:
+        if self._fast:
+            # The usual read: exactly one event on one line (its only LFs are the last two), so
+            # no comment can hide past its first byte; then no usage and no finish reason.
+            nl = chunk.find(b"\n")
+            if (
+                (
+                    (nl > 0 and nl == len(chunk) - 2 and chunk[-1] == 10 and chunk[0] != 58)
+                    or self._whole_events(chunk)
+                )
+                and chunk.rfind(_USAGE_MARK) < 0
+                and (self._finish_mark is _USAGE_MARK or chunk.rfind(self._finish_mark) < 0)
+            ):
+                # The last text field of a one-event read settles it when it is not empty; any
+                # other case (empty delta, tool calls, several events) takes the full look.
+                at = chunk.rfind(b'"content":"')
+                # at + 11 < len(chunk): the marker ends in '"' and the read in LF LF.
+                if (at >= 0 and chunk[at + 11] != 34) or carries_content(chunk):
+                    ex = self.ex
+                    if ex.first_token_at is None:
+                        ex.first_token_at = now
+                    ex.last_token_at = now
+                return
+        self._decode(chunk, now)
+
+    def _whole_events(self, chunk: bytes) -> bool:
+        """Several events: they end in a blank line, which (the decoder being between events
+        before the read) leaves it between events after, whatever the line endings; and no
+        comment, whose text must not count as content."""
+        return chunk.endswith(b"\n\n") and chunk.rfind(b"\n:") < 0 and chunk[0] != 58
+
+    def _only_tokens(self, chunk: bytes) -> bool:
+        """``feed``'s test, for a decompressed read: whole events, no usage, no finish reason."""
+        return (
+            self._parsed_first
+            and self._fast_path
+            and self._decoder.at_boundary()
+            and self._whole_events(chunk)
+            and chunk.rfind(_USAGE_MARK) < 0
+            and (self._finish_mark is _USAGE_MARK or chunk.rfind(self._finish_mark) < 0)
+        )
+
+    def _decode(self, chunk: bytes, now: float) -> None:
+        """Every read ``feed`` cannot settle on its own: decompress, then decode its events."""
         if not self.active:
             return
         if self._decompressor is not None:
@@ -124,14 +204,12 @@ class StreamReader(_Base):
             if plain is None:
                 return
             chunk = plain
-        if self._parsed_first and self.fast_path and self._only_tokens(chunk):
-            # After the first event only tokens and usage matter: a chunk of whole events with
-            # no usage and no comment needs no decoding, just one look for content.
-            if carries_content(chunk):
-                if self.ex.first_token_at is None:
-                    self.ex.first_token_at = now
-                self.ex.last_token_at = now
-            return
+            if self._only_tokens(chunk):
+                if carries_content(chunk):
+                    if self.ex.first_token_at is None:
+                        self.ex.first_token_at = now
+                    self.ex.last_token_at = now
+                return
         events = self._decoder.feed(chunk)
         if self.ex.first_data_at is None and self._decoder.data_seen:
             self.ex.first_data_at = now
@@ -140,24 +218,13 @@ class StreamReader(_Base):
             self._event(event, now)
         if self._decoder.overflowed:
             self._give_up("oversize")
-
-    def _only_tokens(self, chunk: bytes) -> bool:
-        """Whole events (the decoder between events before, and a blank line at the end puts
-        it between events after, whatever the line endings), no comment (its text must not
-        count as content), no usage (it must be parsed)."""
-        return (
-            chunk.endswith(b"\n\n")
-            and self._decoder.at_boundary()
-            and _USAGE_MARK not in chunk
-            and (self._finish_mark is _USAGE_MARK or self._finish_mark not in chunk)
-            and b"\n:" not in chunk
-            and chunk[:1] != b":"
-        )
+        self._refresh()
 
     def close(self, now: float) -> None:
         if self.active:
             for event in self._decoder.close():
                 self._event(event, now)
+        self._refresh()
 
     def _event(self, event: SSEEvent, now: float) -> None:
         data = event[1]
@@ -165,7 +232,11 @@ class StreamReader(_Base):
             if self.ex.first_token_at is None:
                 self.ex.first_token_at = now
             self.ex.last_token_at = now
-        if self._parsed_first and _USAGE_MARK not in data and self._finish_mark not in data:
+        if (
+            self._parsed_first
+            and data.rfind(_USAGE_MARK) < 0
+            and (self._finish_mark is _USAGE_MARK or data.rfind(self._finish_mark) < 0)
+        ):
             return
         if data == b"[DONE]":
             return

@@ -3,7 +3,8 @@
 Each ``Metrics`` takes an injected registry, so tests build a fresh ``CollectorRegistry`` and
 read exact values.
 The series are plain numbers (``series.py``): an exchange's fifteen-odd updates are attribute
-increments, not locked prometheus_client children.
+increments, not locked prometheus_client children, and ``record`` finds them with one lookup of
+the exchange's label set (``Bound``) instead of one per series.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from sidecar import __version__
 from sidecar.exchange import Exchange, Outcome
+from sidecar.telemetry.binding import Bound
 from sidecar.telemetry.labels import ROUTES, USAGE_ROUTES, ModelLabels
-from sidecar.telemetry.series import Family
+from sidecar.telemetry.series import Family, GaugeSeries
 from sidecar.telemetry.specs import (
     CONFIGURED_RESOURCES,
     PARSE_ERROR_KINDS,
@@ -48,6 +50,10 @@ def _build(spec: Spec, registry: CollectorRegistry) -> Family:
     return family
 
 
+# ``Metrics._usage`` reads the values of ``Usage`` in this order.
+assert TOKEN_TYPES == ("input", "output", "cache_hit", "cache_miss", "reasoning", "cache_write")
+
+
 class Metrics:
     """The metric families of one sidecar process, bound to one upstream label value.
 
@@ -66,6 +72,12 @@ class Metrics:
         self._children: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         self._precreate()
+        # This upstream's in-flight gauges by route, and the series of each exchange label set
+        # seen (both bounded: see ``Bound``), so an exchange finds its series in one lookup.
+        self._in_flight: dict[str, GaugeSeries] = {
+            route: self._child("llm_in_flight_requests", self.upstream, route) for route in ROUTES
+        }
+        self._bound: dict[tuple[Any, ...], Bound] = {}
         # process_open_fds / process_max_fds (and CPU, memory): the fd alert needs them.
         ProcessCollector(registry=registry)
 
@@ -92,7 +104,10 @@ class Metrics:
         self._child("llm_retry_after_seconds", up)
 
     def started(self, route: str) -> None:
-        self._child("llm_in_flight_requests", self.upstream, route).inc()
+        series = self._in_flight.get(route)
+        if series is None:  # not one of ROUTES: a caller's bug, still counted as before
+            series = self._child("llm_in_flight_requests", self.upstream, route)
+        series.value += 1.0
 
     def moved(self, route: str, from_upstream: str, to_upstream: str) -> None:
         """An exchange in flight changed upstream (fallback): its in-flight count follows it."""
@@ -107,46 +122,59 @@ class Metrics:
         """
         up, route = ex.upstream or self.upstream, ex.route
         model = self.models.label(ex.model)
-        stream = "true" if ex.stream else "false"
-        code = str(ex.status) if ex.status is not None else "499"
-        outcome = (ex.outcome or Outcome.COMPLETED).value
-        self._child("llm_in_flight_requests", up, route).dec()
-        self._child("llm_requests_total", up, route, model, stream, code, outcome).inc()
-        exemplar = {"request_id": ex.request_id[:64]}
-        if ex.duration_s is not None:
-            self._child("llm_request_duration_seconds", up, route, model, stream).observe(
-                ex.duration_s, exemplar
-            )
-        self._timings(ex, model)
-        self._usage(ex, model)
-        self._limits(ex)
-        if ex.overhead_s is not None:
-            self._child("llm_sidecar_overhead_seconds", up).observe(ex.overhead_s)
-        if ex.parse_error is not None:
-            self._child("llm_sidecar_parse_errors_total", up, ex.parse_error).inc()
+        key = (up, route, model, ex.stream, ex.status, ex.outcome)
+        b = self._bound.get(key) or self._bind(key)
+        b.in_flight.value -= 1.0
+        b.requests.value += 1.0
+        exemplar = None
+        duration = ex.duration_s
+        if duration is not None:
+            exemplar = {"request_id": ex.request_id[:64]}
+            (b.duration or b.bind("duration")).observe(duration, exemplar)
+        self._timings(ex, b, exemplar)
+        self._usage(ex, b)
+        self._limits(ex, b)
+        overhead = ex.overhead_s
+        if overhead is not None:
+            (b.overhead or b.bind("overhead")).observe(overhead)
+        kind = ex.parse_error
+        if kind is not None:
+            (b.parse_errors.get(kind) or b.keyed("parse_errors", kind)).value += 1.0
         for attempt_code in ex.attempt_codes:
-            self._child("llm_upstream_attempts_total", up, route, attempt_code).inc()
+            (b.attempts.get(attempt_code) or b.keyed("attempts", attempt_code)).value += 1.0
         for tried, attempt_code in ex.prior_attempts:
             self._child("llm_upstream_attempts_total", tried, route, attempt_code).inc()
         for from_upstream, to_upstream, reason in ex.fallbacks:
             self.fallback(from_upstream, to_upstream, reason)
         if ex.guard_wait_s is not None:
-            self._child("llm_sidecar_guard_wait_seconds", up).observe(ex.guard_wait_s)
-        self._cost(ex, model)
+            (b.guard_wait or b.bind("guard_wait")).observe(ex.guard_wait_s)
+        self._cost(ex, b)
 
-    def _cost(self, ex: Exchange, model: str) -> None:
-        up, cost = ex.upstream or self.upstream, ex.cost
+    def _bind(self, key: tuple[Any, ...]) -> Bound:
+        """The first exchange of a label set: its label values, its series."""
+        up, route, model, stream, status, outcome = key
+        labels = (
+            up,
+            route,
+            model,
+            "true" if stream else "false",
+            str(status) if status is not None else "499",
+            (outcome or Outcome.COMPLETED).value,
+        )
+        bound = self._bound[key] = Bound(self._child, labels)
+        return bound
+
+    @staticmethod
+    def _cost(ex: Exchange, b: Bound) -> None:
         if ex.unpriced:
-            self._child("llm_sidecar_unpriced_requests_total", up, model).inc()
+            (b.unpriced or b.bind("unpriced")).value += 1.0
+        cost = ex.cost
         if cost is None:
             return
-        for kind, usd in (
-            ("cache_hit", cost.cache_hit_usd),
-            ("cache_miss", cost.cache_miss_usd),
-            ("output", cost.output_usd),
-        ):
-            self._child("llm_cost_usd_total", up, model, kind).inc(usd)
-        self._child("llm_cache_savings_usd_total", up, model).inc(cost.savings_usd)
+        (b.cost_hit or b.bind("cost_hit")).inc(cost.cache_hit_usd)
+        (b.cost_miss or b.bind("cost_miss")).inc(cost.cache_miss_usd)
+        (b.cost_output or b.bind("cost_output")).inc(cost.output_usd)
+        (b.savings or b.bind("savings")).inc(cost.savings_usd)
 
     def configured(self, rpm: int, tpm: int, concurrency: int) -> None:
         """Export the account's configured limits (0 = not configured, no series)."""
@@ -199,34 +227,42 @@ class Metrics:
     def balance_failure(self, reason: str) -> None:
         self._child("llm_sidecar_balance_poll_failures_total", self.upstream, reason).inc()
 
-    def _timings(self, ex: Exchange, model: str) -> None:
-        up, route = ex.upstream or self.upstream, ex.route
-        if ex.ttft_s is not None:
-            self._child("llm_time_to_first_token_seconds", up, route, model).observe(
-                ex.ttft_s, {"request_id": ex.request_id[:64]}
-            )
-        if ex.time_per_output_token_s is not None:
-            self._child("llm_time_per_output_token_seconds", up, route, model).observe(
-                ex.time_per_output_token_s
-            )
-        if ex.queue_s is not None:
-            self._child("llm_upstream_queue_seconds", up, route, model).observe(ex.queue_s)
+    @staticmethod
+    def _timings(ex: Exchange, b: Bound, exemplar: dict[str, str] | None) -> None:
+        ttft = ex.ttft_s
+        if ttft is not None:
+            if exemplar is None:
+                exemplar = {"request_id": ex.request_id[:64]}
+            (b.ttft or b.bind("ttft")).observe(ttft, exemplar)
+        tpot = ex.time_per_output_token_s
+        if tpot is not None:
+            (b.tpot or b.bind("tpot")).observe(tpot)
+        queue = ex.queue_s
+        if queue is not None:
+            (b.queue or b.bind("queue")).observe(queue)
 
-    def _usage(self, ex: Exchange, model: str) -> None:
-        up = ex.upstream or self.upstream
+    def _usage(self, ex: Exchange, b: Bound) -> None:
         usage = ex.usage
         if usage is None:
             if self._usage_expected(ex):
-                self._child("llm_usage_missing_total", up, ex.route, model).inc()
+                (b.usage_missing or b.bind("usage_missing")).value += 1.0
             return
-        for kind in TOKEN_TYPES:
-            value = getattr(usage, kind)
+        values = (
+            usage.input,
+            usage.output,
+            usage.cache_hit,
+            usage.cache_miss,
+            usage.reasoning,
+            usage.cache_write,
+        )
+        tokens = b.tokens
+        for kind, value in zip(TOKEN_TYPES, values, strict=True):
             if value:
-                self._child("llm_tokens_total", up, model, kind).inc(value)
-        for kind in ("input", "output"):
-            value = getattr(usage, kind)
-            if value is not None:
-                self._child("llm_request_tokens", up, model, kind).observe(value)
+                (tokens.get(kind) or b.keyed("tokens", kind)).inc(value)
+        if usage.input is not None:
+            (b.input_tokens or b.bind("input_tokens")).observe(usage.input)
+        if usage.output is not None:
+            (b.output_tokens or b.bind("output_tokens")).observe(usage.output)
 
     @staticmethod
     def _usage_expected(ex: Exchange) -> bool:
@@ -239,17 +275,17 @@ class Metrics:
             return ex.response_started_at is not None  # a 504 before any byte: nothing billed
         return ex.outcome in (Outcome.CLIENT_DISCONNECTED, Outcome.UPSTREAM_ABORTED)
 
-    def _limits(self, ex: Exchange) -> None:
-        up, limits = ex.upstream or self.upstream, ex.limits
+    @staticmethod
+    def _limits(ex: Exchange, b: Bound) -> None:
+        limits = ex.limits
         if limits.retry_after_s is not None:
-            self._child("llm_retry_after_seconds", up).observe(limits.retry_after_s)
+            (b.retry_after or b.bind("retry_after")).observe(limits.retry_after_s)
         if limits.reported_concurrency_limit is not None:
-            self._child("llm_upstream_concurrency_limit", up, "reported").set(
-                limits.reported_concurrency_limit
-            )
+            (b.reported_limit or b.bind("reported_limit")).set(limits.reported_concurrency_limit)
         for resource, value in limits.limit.items():
-            self._child("llm_ratelimit_limit", up, resource).set(value)
+            (b.ratelimit_limit.get(resource) or b.keyed("ratelimit_limit", resource)).set(value)
         for resource, value in limits.remaining.items():
-            self._child("llm_ratelimit_remaining", up, resource).set(value)
+            series = b.ratelimit_remaining.get(resource)
+            (series or b.keyed("ratelimit_remaining", resource)).set(value)
         for resource, value in limits.reset_s.items():
-            self._child("llm_ratelimit_reset_seconds", up, resource).set(value)
+            (b.ratelimit_reset.get(resource) or b.keyed("ratelimit_reset", resource)).set(value)
