@@ -240,3 +240,20 @@ async def test_an_answer_that_is_not_http_is_a_502_envelope(reply: bytes, relay:
     assert orjson.loads(answer.body)["error"]["type"] == "upstream_bad_response"
     line = only_exchange(relay.sidecar)
     assert (line["code"], line["error_type"]) == (502, "upstream_bad_response")
+
+
+async def test_negative_token_counts_are_no_counts_and_the_exchange_is_still_recorded(
+    relay: Relay,
+) -> None:
+    usage = b'"usage":{"prompt_tokens":-7,"completion_tokens":3,"prompt_cache_hit_tokens":9}'
+    body = b'{"id":"x","model":"deepseek-chat","choices":[],' + usage + b"}"
+    answer = await relay.exchange(
+        response(headers=[("Content-Type", "application/json")], body=body)
+    )
+    assert (answer.status, answer.body) == (200, body)
+    line = only_exchange(relay.sidecar)  # the log line is written: the record did not fail
+    assert (line["input_tokens"], line["output_tokens"]) == (None, 3)
+    tokens = relay.sidecar.value(
+        "llm_tokens_total", upstream="deepseek", model="deepseek-chat", type="output"
+    )
+    assert tokens == 3

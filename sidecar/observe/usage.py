@@ -14,7 +14,8 @@ from sidecar.exchange import Usage
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A token count, or None: a negative count is no count (a counter never goes down)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return None
     return int(value)
 
@@ -41,7 +42,7 @@ def from_openai(u: dict[str, Any]) -> Usage:
         hit = cached
     miss = _int(u.get("prompt_cache_miss_tokens"))
     if miss is None and prompt is not None and hit is not None:
-        miss = prompt - hit
+        miss = max(prompt - hit, 0)  # an upstream reporting more hits than input tokens
     return Usage(input=prompt, output=output, cache_hit=hit, cache_miss=miss, reasoning=reasoning)
 
 
@@ -65,7 +66,7 @@ def from_realtime(u: dict[str, Any]) -> Usage:
     under ``input_token_details`` (no "s", unlike the Responses API)."""
     prompt = _int(u.get("input_tokens"))
     hit = _int(_sub(u, "input_token_details").get("cached_tokens"))
-    miss = None if prompt is None or hit is None else prompt - hit
+    miss = None if prompt is None or hit is None else max(prompt - hit, 0)
     return Usage(input=prompt, output=_int(u.get("output_tokens")), cache_hit=hit, cache_miss=miss)
 
 
