@@ -20,6 +20,7 @@ from sidecar.relay.http1 import HIGH_WATER, MAX_HEAD_BYTES
 from sidecar.relay.pool import POOL_IDLE_S
 from tests.conftest import RunningSidecar, SidecarFactory
 from tests.raw_upstream import (
+    Gate,
     Pause,
     RawUpstream,
     raw_exchange,
@@ -159,3 +160,31 @@ async def test_an_upstream_silent_mid_body_is_a_timeout_not_a_clean_end(
     assert (answer.status, answer.body, answer.complete) == (200, b"hello", False)
     [line] = sidecar.exchanges()
     assert line["outcome"] == "upstream_timeout"
+
+
+async def test_a_head_whose_body_is_still_to_come_is_relayed_at_once(
+    upstream: Upstream, sidecar: RunningSidecar
+) -> None:
+    """A stream's head reaches the client before its first event exists upstream."""
+    raw, _ = upstream
+    first_event = asyncio.Event()
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    raw.push([head, Gate(first_event), b"7\r\ndata: 1\r\n0\r\n\r\n"])
+    async with raw_exchange(sidecar.url) as (reader, writer):
+        writer.write(b"GET /v1/stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        relayed = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert relayed.startswith(b"HTTP/1.1 200 OK\r\n")
+        first_event.set()
+        answer = await asyncio.wait_for(read_answer_body(reader), 10)
+    assert answer == b"data: 1"
+
+
+async def read_answer_body(reader: asyncio.StreamReader) -> bytes:
+    """The rest of a chunked body whose head was already read."""
+    parts = []
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+    return b"".join(parts)

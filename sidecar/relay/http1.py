@@ -97,6 +97,11 @@ class LeanResponse:
     def content(self) -> LeanResponse:
         return self
 
+    @property
+    def body_ready(self) -> bool:
+        """Body bytes (or its clean end) already arrived: the next ``readany`` returns them."""
+        return bool(self._chunks) or self._done
+
     async def readany(self) -> bytes:
         """Every body byte received so far (waiting for some), ``b""`` at the end."""
         while True:

@@ -40,6 +40,7 @@ from sidecar.relay.headers import (
     upstream_request_headers,
     websocket_upgrade,
 )
+from sidecar.relay.http1 import LeanResponse
 from sidecar.relay.tunnel import forward_upgrade, relay_session
 from sidecar.relay.upstream import Attempt, UpstreamFailure, send_with_retries
 from sidecar.settings import Settings
@@ -251,6 +252,11 @@ class Proxy:
             finish_reasons=self._finish_reasons,
         )
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        if isinstance(upstream, LeanResponse) and upstream.body_ready:
+            # The body is already here: the head leaves with its first bytes, one write instead
+            # of two. A head whose body is still to come (a stream) is sent at once, as it came.
+            # (aiohttp's own switch for this, set on its ``web.Response``, is not public.)
+            response._send_headers_immediately = False
         response.headers.extend(client_response_headers(upstream.headers, ex.request_id))
         if ex.fallback_from is not None:
             response.headers["x-sidecar-upstream"] = ex.upstream
