@@ -32,6 +32,9 @@ from tests.raw_upstream import (
 Upstream = tuple[RawUpstream, str]
 CHAT = b'{"model":"deepseek-chat","messages":[]}'
 ANSWER = b'{"id":"1","model":"deepseek-chat","choices":[]}'
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
 
 
 @pytest.fixture
@@ -150,10 +153,7 @@ async def test_an_upstream_silent_mid_body_is_a_timeout_not_a_clean_end(
     upstream: Upstream, sidecar: RunningSidecar
 ) -> None:
     raw, _ = upstream
-    head = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    raw.push([head, b"5\r\nhello\r\n", Pause(3.0)])
+    raw.push([STREAM_HEAD, b"5\r\nhello\r\n", Pause(3.0)])
     async with raw_exchange(sidecar.url) as (reader, writer):
         writer.write(b"GET /v1/stream HTTP/1.1\r\nHost: a\r\n\r\n")
         answer = await asyncio.wait_for(read_answer(reader), 10)
@@ -168,10 +168,7 @@ async def test_a_head_whose_body_is_still_to_come_is_relayed_at_once(
     """A stream's head reaches the client before its first event exists upstream."""
     raw, _ = upstream
     first_event = asyncio.Event()
-    head = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    raw.push([head, Gate(first_event), b"7\r\ndata: 1\r\n0\r\n\r\n"])
+    raw.push([STREAM_HEAD, Gate(first_event), b"7\r\ndata: 1\r\n0\r\n\r\n"])
     async with raw_exchange(sidecar.url) as (reader, writer):
         writer.write(b"GET /v1/stream HTTP/1.1\r\nHost: a\r\n\r\n")
         relayed = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -188,3 +185,30 @@ async def read_answer_body(reader: asyncio.StreamReader) -> bytes:
         parts.append(await reader.readexactly(size))
         await reader.readexactly(2)
     return b"".join(parts)
+
+
+async def test_a_handshake_that_never_completes_is_a_connect_timeout(
+    start_sidecar: SidecarFactory,
+) -> None:
+    """The connect timeout covers TCP and TLS together: a TLS upstream that accepts the
+    connection and never answers the handshake is given up on after ``connect_timeout_s``."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sidecar = await start_sidecar(f"https://127.0.0.1:{port}", connect_timeout_s=0.5)
+        started = asyncio.get_running_loop().time()
+        status, body = await send(sidecar, b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n")
+        waited = asyncio.get_running_loop().time() - started
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+    assert status == 502 and 0.5 <= waited < 5
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "upstream_unreachable"
+    assert error["message"] == "timed out connecting to the upstream"
