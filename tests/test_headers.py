@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.relay.headers import HOP_BY_HOP, client_response_headers, upstream_request_headers
+from sidecar.relay.headers import (
+    HOP_BY_HOP,
+    client_reason,
+    client_response_headers,
+    upstream_request_headers,
+)
 
 
 def proxy(**headers: str) -> CIMultiDictProxy[str]:
@@ -52,3 +57,16 @@ def test_response_headers_drop_hop_by_hop_and_connection_listed() -> None:
     assert out["x-request-id"] == "rid"
     kept = client_response_headers(proxy(x_request_id="req_upstream"), "rid")
     assert kept.getall("x-request-id") == ["req_upstream"]
+
+
+def test_values_and_reasons_are_made_sendable_and_otherwise_kept() -> None:
+    """aiohttp's client keeps C0 controls and DEL in values (llhttp, in reason phrases); its
+    writer refuses them, so each becomes U+FFFD. HTAB, spaces and valid UTF-8 stay."""
+    upstream = CIMultiDictProxy(
+        CIMultiDict([("X-Ctl", "a\x01b\x7f"), ("X-Tab", "a\tb c"), ("X-Utf8", "café")])
+    )
+    out = client_response_headers(upstream, "rid")
+    assert (out["X-Ctl"], out["X-Tab"], out["X-Utf8"]) == ("a\ufffdb\ufffd", "a\tb c", "café")
+    assert client_reason("O\x00K\x1f") == "O\ufffdK\ufffd"
+    assert client_reason("Too Many Requests") == "Too Many Requests"
+    assert client_reason(None) is None

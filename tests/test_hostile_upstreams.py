@@ -257,3 +257,19 @@ async def test_negative_token_counts_are_no_counts_and_the_exchange_is_still_rec
         "llm_tokens_total", upstream="deepseek", model="deepseek-chat", type="output"
     )
     assert tokens == 3
+
+
+async def test_control_characters_in_the_reason_or_a_value_become_replacement_characters(
+    relay: Relay,
+) -> None:
+    """aiohttp's writer refuses C0 controls (but HTAB) and DEL in a head; llhttp lets them
+    through in a reason phrase, so they are replaced rather than crash the response."""
+    head = (
+        b"HTTP/1.1 200 O\x01K\x7f\r\nContent-Type: application/json\r\nX-Tab: a\tb\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(COMPLETION)
+    )
+    answer = await relay.exchange(head + COMPLETION)
+    assert (answer.status, answer.body, answer.complete) == (200, COMPLETION, True)
+    assert answer.head.startswith(b"HTTP/1.1 200 O\xef\xbf\xbdK\xef\xbf\xbd\r\n")
+    assert b"X-Tab: a\tb\r\n" in answer.head
+    assert only_exchange(relay.sidecar)["outcome"] == "completed"

@@ -123,19 +123,32 @@ def client_response_headers(upstream: CIMultiDictProxy[str], request_id: str) ->
     """
     drop = hop_by_hop(upstream.getall("Connection", ()))
     out: CIMultiDict[str] = CIMultiDict(
-        (name, _utf8(value)) for name, value in upstream.items() if name.lower() not in drop
+        (name, _sendable(value)) for name, value in upstream.items() if name.lower() not in drop
     )
     if "x-request-id" not in out:
         out["x-request-id"] = request_id
     return out
 
 
-def _utf8(value: str) -> str:
+def client_reason(reason: str | None) -> str | None:
+    """The upstream's reason phrase as the client gets it (``_sendable``)."""
+    return None if reason is None else _sendable(reason)
+
+
+# What aiohttp's response writer refuses in a status line or a header value ("potential header
+# injection"): every C0 control but HTAB, and DEL. Parsers let some through (aiohttp's client
+# keeps them in values, llhttp in reason phrases), so each becomes U+FFFD on its way out.
+_FORBIDDEN = {c: "\ufffd" for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F)}
+
+
+def _sendable(value: str) -> str:
     """A value aiohttp's writers can send: invalid UTF-8 (kept by the parser as surrogates,
-    which the C writer drops and the Python writer fails on) becomes U+FFFD."""
+    which the C writer drops and the Python writer fails on) and forbidden controls become
+    U+FFFD each; anything else is kept as the upstream sent it."""
     if value.isascii():
-        return value
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return value if value.isprintable() else value.translate(_FORBIDDEN)
+    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value.translate(_FORBIDDEN)
 
 
 def switching_headers(upstream: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:

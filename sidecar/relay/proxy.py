@@ -36,6 +36,7 @@ from sidecar.relay.client import UpstreamClient, UpstreamResponse
 from sidecar.relay.errors import SidecarError, body_failure, error_response
 from sidecar.relay.failover import Failover
 from sidecar.relay.headers import (
+    client_reason,
     client_response_headers,
     upstream_request_headers,
     websocket_upgrade,
@@ -251,7 +252,7 @@ class Proxy:
             upstream.headers.get("Content-Encoding"),
             finish_reasons=self._finish_reasons,
         )
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = web.StreamResponse(status=upstream.status, reason=client_reason(upstream.reason))
         if isinstance(upstream, LeanResponse) and upstream.body_ready:
             # The body is already here: the head leaves with its first bytes, one write instead
             # of two. A head whose body is still to come (a stream) is sent at once, as it came.

@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 from sidecar.exchange import Exchange, Outcome
 from sidecar.observe.limits import observe_headers
 from sidecar.observe.realtime import RealtimeObserver
-from sidecar.relay.headers import switching_headers, with_upgrade
+from sidecar.relay.headers import client_reason, switching_headers, with_upgrade
 
 CLIENT, UPSTREAM = 0, 1
 # After one side ended, the other gets this long to take its last bytes (a close frame, the
@@ -233,7 +233,7 @@ async def relay_session(
     ex.status = upstream.status
     ex.response_started_at = monotonic()
     observe_headers(ex, upstream.headers, datetime.now(UTC))
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response = web.StreamResponse(status=upstream.status, reason=client_reason(upstream.reason))
     response.headers.extend(switching_headers(upstream.headers, ex.request_id))
     response.force_close()  # the connection belongs to the session now, never again to HTTP
     try:
