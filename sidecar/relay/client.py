@@ -16,7 +16,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sidecar.relay.http1 import LeanClient
+from sidecar.relay.lean_client import LeanClient
 
 __all__ = ["BodyReader", "UpstreamClient", "UpstreamResponse"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from sidecar.relay.http1 import LeanClient
+from sidecar.relay.lean_client import LeanClient
 from sidecar.relay.pool import POOL_IDLE_S, PoolConnector
 from sidecar.relay.proxy_env import ProxyChoice
 from sidecar.relay.tls import client_context
