@@ -209,7 +209,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None:  # bytes nobody asked for: the connection cannot be trusted
-            self._close()
+            self.close()
             return
         self._last_read = self.loop.time()
         try:
@@ -347,7 +347,7 @@ class Connection(asyncio.Protocol):
         if reusable and self.reusable and not self.closed and not self.paused:
             self.client.pool(self)
         else:
-            self._close()
+            self.close()
 
     def pause(self) -> None:
         assert self.transport is not None
@@ -409,14 +409,15 @@ class Connection(asyncio.Protocol):
             self._response._end(error)
         self._parser = None
         self.reusable = False
-        self._close()
+        self.close()
 
     def _expire(self) -> None:
         self._idle = None
         self.client.forget(self)
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the connection (what was written is flushed first)."""
         self._stop_timer()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()

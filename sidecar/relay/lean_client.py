@@ -72,7 +72,7 @@ class LeanClient:
         for idle in self._pools.values():
             for conn in idle:
                 conn.taken()
-                conn._close()
+                conn.close()
         self._pools.clear()
 
     def _target(self, url: URL) -> tuple[PoolKey, bytes]:
@@ -95,7 +95,7 @@ class LeanClient:
             conn.taken()
             if not conn.closed and not peer_closed(conn):
                 return conn
-            conn._close()  # closed by the upstream while idle: never written to
+            conn.close()  # closed by the upstream while idle: never written to
         return None
 
     async def _connect(self, key: PoolKey) -> Connection:
