@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from time import monotonic
 
 import aiohttp
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
@@ -26,12 +25,12 @@ from sidecar.admission.guard import ConcurrencyGuard, GuardRejected
 from sidecar.exchange import Exchange, Outcome
 from sidecar.observe.limits import observe_headers
 from sidecar.observe.readers import (
-    MAX_JSON_BODY,
     NullReader,
     Reader,
     observation_failed,
     reader_for,
 )
+from sidecar.observe.request import observe_request_body
 from sidecar.relay.client import UpstreamClient, UpstreamResponse
 from sidecar.relay.errors import SidecarError, body_failure, error_response
 from sidecar.relay.failover import Failover
@@ -48,28 +47,6 @@ from sidecar.settings import Settings
 from sidecar.telemetry.labels import route_of
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, bounded: it is logged
-_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
-_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
-
-
-def observe_request_body(ex: Exchange, body: bytes) -> None:
-    """Model and stream flag from a JSON request body, which is forwarded untouched."""
-    if not body or body.lstrip()[:1] != b"{":
-        return
-    if len(body) > MAX_JSON_BODY:  # too big to parse on the request path: look, don't parse
-        head = body[:65536]
-        model = _MODEL.search(head)
-        ex.requested_model = model.group(1).decode("utf-8", "replace") if model else None
-        ex.stream = bool(_STREAM_TRUE.search(head) or _STREAM_TRUE.search(body[-65536:]))
-        return
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    if isinstance(obj, dict):
-        model = obj.get("model")
-        ex.requested_model = model if isinstance(model, str) and model else None
-        ex.stream = obj.get("stream") is True
 
 
 class Proxy:
